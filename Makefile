@@ -1,0 +1,42 @@
+# nnserve: `make serve` runs the service, `make test` runs the test suite. Both set up their own venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+HOST ?= 127.0.0.1
+PORT ?= 8080
+MODELS ?= models
+SERVE_VENV := .venv
+DEV_VENV := .venv-dev
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-slow lock clean help
+
+help:
+	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
+	@echo "make test    install the dev environment and run the test suite"
+	@echo "make lock    refresh requirements/*.lock from the current environments"
+
+# The serving environment: only the `serve` extra, with the versions of requirements/serve.lock.
+$(SERVE_VENV)/.installed: pyproject.toml requirements/serve.lock
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q -c requirements/serve.lock -e '.[serve]'
+	touch $@
+
+# The development environment: serve + train + test tools, in a venv of its own so .venv never gets torch.
+$(DEV_VENV)/.installed: pyproject.toml requirements/dev.lock
+	test -x $(DEV_VENV)/bin/python || $(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_VENV)/bin/python -m pip install -q -c requirements/dev.lock -e '.[dev]'
+	touch $@
+
+serve: $(SERVE_VENV)/.installed
+	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --models $(MODELS)
+
+test: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Pin every transitive dependency to what the environments hold now (torch's local +cpu label dropped, so
+# the pin also matches the wheel a user gets from PyTorch's CPU index).
+lock:
+	$(SERVE_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^nnserve' > requirements/serve.lock
+	$(DEV_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^nnserve' | sed 's/+cpu$$//' > requirements/dev.lock
+
+clean:
+	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,59 @@
+"""`python -m service`: run the V2 server under gunicorn with the model repository."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
+                                     epilog="Every option can also be set as NNSERVE_<OPTION> in the environment.")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    parser.add_argument("--models", type=Path, help="model repository folder (default models)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per available CPU)")
+    parser.add_argument("--threads", type=int, help="request threads per worker (default 4)")
+    parser.add_argument("--version-policy", help="'all' (default) or 'latest:N'")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
+    parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
+    parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
+    parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    return parser.parse_args(argv)
+
+
+def prepare_multiprocess_dir() -> str:
+    """Give prometheus-client a fresh folder for the workers' metric files, before it is imported."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for entry in Path(path).glob("*.db"):  # stale files of an earlier run would be summed in
+            entry.unlink()
+    else:
+        path = tempfile.mkdtemp(prefix="nnserve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    prepare_multiprocess_dir()
+    from service.server import run  # imports prometheus_client, so only after the folder is set
+    from service.settings import Settings
+
+    try:
+        settings = Settings.from_env(**{k: v for k, v in vars(args).items()})
+    except ValueError as exc:
+        raise SystemExit(f"python -m service: {exc}") from None
+    if not settings.models.is_dir():
+        raise SystemExit(f"python -m service: model repository {settings.models} is not a folder")
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

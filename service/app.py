@@ -1,0 +1,69 @@
+"""The Flask application factory: settings -> metrics -> registry -> data plane -> routes and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from service import rest
+from service.dataplane import DataPlane
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; models load in the background (or before returning, if background_load is off)."""
+    settings = settings or Settings.from_env()
+    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    registry = ModelRegistry(settings, metrics)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["nnserve"] = DataPlane(settings, registry, metrics)
+    app.register_blueprint(rest.bp)
+    _register_error_handlers(app)
+
+    @app.after_request
+    def count_http_request(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
+        return response
+
+    if settings.background_load:
+        threading.Thread(target=registry.load_all, name="model-loader", daemon=True).start()
+    else:
+        registry.load_all()
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error is JSON `{"error": ...}`: V2 clients cannot read Flask's HTML pages."""
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return rest.json_response({"error": exc.message}, exc.status_code)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        messages = {
+            404: f"no such endpoint: {request.method} {request.path[:200]}",
+            405: f"method {request.method} is not allowed for {request.path[:200]}",
+            413: f"request body is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes",
+        }
+        response = rest.json_response({"error": messages.get(exc.code, exc.description)}, exc.code or 500)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path[:200])
+        return rest.json_response({"error": "internal server error"}, 500)

@@ -1,0 +1,266 @@
+"""The artifact contract shared by training (writer) and service (reader).
+
+A model repository is a folder `<repo>/<name>/<version>/` holding `model.onnx` (one self-contained file)
+and `metadata.json`. The same metadata, less the `files` section (which hashes model.onnx and so cannot
+live inside it), is embedded in the ONNX file's metadata_props under `METADATA_PROP`. Standard library only,
+so training can import it without loading the web stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+SCHEMA_VERSION = 1
+MODEL_FILENAME = "model.onnx"
+METADATA_FILENAME = "metadata.json"
+METADATA_PROP = "nnserve.metadata"  # key in ONNX metadata_props holding the embedded metadata JSON
+TMP_PREFIX = ".tmp-"  # in-progress versions; readers skip every dot-folder
+LOCK_FILENAME = ".publish.lock"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")  # positive integers without leading zeros, as Triton reads them
+
+TASKS = ("multiclass", "binary", "regression", "forecasting", "anomaly", "generation")
+# V2 datatype -> numpy dtype name (numpy is not imported here; the service maps names to dtypes).
+DATATYPES = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+REQUIRED_FIELDS = ("schema_version", "name", "version", "architecture", "task", "inputs", "outputs",
+                   "preprocessing", "training", "export")
+REQUIRED_TRAINING_FIELDS = ("dataset", "split", "seed", "metrics", "hyperparameters", "library_versions",
+                            "created_at")
+
+
+class MetadataError(ValueError):
+    """Metadata that breaks the contract; `problems` lists every failure as 'field: what is wrong'."""
+
+    def __init__(self, problems: list[str], source: str = "metadata"):
+        self.problems = problems
+        super().__init__(f"{source} is invalid: " + "; ".join(problems))
+
+
+def is_valid_name(name: str) -> bool:
+    """True when `name` is safe as a model folder name (no dots first, no slashes, bounded length)."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None
+
+
+def is_valid_version(version: str) -> bool:
+    """True when `version` is the text of a positive integer version."""
+    return isinstance(version, str) and VERSION_RE.fullmatch(version) is not None
+
+
+def _check_tensors(field: str, tensors: Any, problems: list[str]) -> None:
+    if not isinstance(tensors, list) or not tensors:
+        problems.append(f"{field}: expected a non-empty list of tensor specs, got {tensors!r:.80}")
+        return
+    seen = set()
+    for i, spec in enumerate(tensors):
+        where = f"{field}[{i}]"
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: expected an object with name, datatype and shape")
+            continue
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}.name: expected a non-empty string, got {name!r}")
+        elif name in seen:
+            problems.append(f"{where}.name: duplicate tensor name {name!r}")
+        seen.add(name)
+        if spec.get("datatype") not in DATATYPES:
+            problems.append(f"{where}.datatype: expected one of {sorted(DATATYPES)}, got {spec.get('datatype')!r}")
+        shape = spec.get("shape")
+        if (not isinstance(shape, list) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape)):
+            problems.append(f"{where}.shape: expected a non-empty list of positive ints or -1, got {shape!r}")
+
+
+def validate_metadata(meta: Any) -> list[str]:
+    """Return every way `meta` breaks the contract, each naming its field; an empty list means valid."""
+    if not isinstance(meta, dict):
+        return [f"metadata: expected a JSON object, got {type(meta).__name__}"]
+    problems = [f"{key}: required field is missing" for key in REQUIRED_FIELDS if key not in meta]
+    if "schema_version" in meta and meta["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version: expected {SCHEMA_VERSION}, got {meta['schema_version']!r}")
+    if "name" in meta and not is_valid_name(meta["name"]):
+        problems.append(f"name: expected letters, digits, '.', '_' or '-' (1-128, not starting with "
+                        f"'.', '_' or '-'), got {meta['name']!r:.80}")
+    version = meta.get("version")
+    if "version" in meta and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        problems.append(f"version: expected a positive integer, got {version!r}")
+    if not isinstance(meta.get("architecture", ""), str) or meta.get("architecture") == "":
+        problems.append(f"architecture: expected a non-empty string, got {meta.get('architecture')!r}")
+    if "task" in meta and meta["task"] not in TASKS:
+        problems.append(f"task: expected one of {list(TASKS)}, got {meta['task']!r}")
+    for field in ("inputs", "outputs"):
+        if field in meta:
+            _check_tensors(field, meta[field], problems)
+    labels = meta.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        problems.append(f"labels: expected a list of strings, got {labels!r:.80}")
+    if meta.get("task") in ("multiclass", "binary") and not labels:
+        problems.append(f"labels: required for task {meta['task']!r}")
+    for field in ("preprocessing", "export"):
+        if field in meta and not isinstance(meta[field], dict):
+            problems.append(f"{field}: expected an object, got {type(meta[field]).__name__}")
+    training = meta.get("training")
+    if "training" in meta:
+        if not isinstance(training, dict):
+            problems.append(f"training: expected an object, got {type(training).__name__}")
+        else:
+            problems += [f"training.{key}: required field is missing"
+                         for key in REQUIRED_TRAINING_FIELDS if key not in training]
+            metrics = training.get("metrics", {})
+            if not isinstance(metrics, dict) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in metrics.values()):
+                problems.append(f"training.metrics: expected an object of finite numbers, got {metrics!r:.80}")
+    files = meta.get("files")
+    if files is not None:
+        entry = files.get(MODEL_FILENAME) if isinstance(files, dict) else None
+        if not isinstance(entry, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))) \
+                or not isinstance(entry.get("bytes"), int):
+            problems.append(f"files.{MODEL_FILENAME}: expected {{'sha256': <64 hex>, 'bytes': <int>}}, got {entry!r:.80}")
+    return problems
+
+
+def check_metadata(meta: Any, source: str = "metadata") -> dict:
+    """Return `meta` when valid, else raise MetadataError listing every problem."""
+    problems = validate_metadata(meta)
+    if problems:
+        raise MetadataError(problems, source)
+    return meta
+
+
+def embedded_view(meta: dict) -> dict:
+    """The part of the metadata that is embedded in model.onnx (everything but the file hashes)."""
+    return {k: v for k, v in meta.items() if k != "files"}
+
+
+def dumps(meta: dict) -> str:
+    """Canonical JSON text for metadata (sorted keys, so equal metadata gives equal bytes)."""
+    return json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_metadata(version_dir: Path) -> dict:
+    """Read and validate `<version_dir>/metadata.json`, checking it agrees with its folder."""
+    path = Path(version_dir) / METADATA_FILENAME
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MetadataError([f"{METADATA_FILENAME}: file is missing"], str(path)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MetadataError([f"{METADATA_FILENAME}: not valid JSON ({exc})"], str(path)) from None
+    problems = validate_metadata(meta)
+    version_dir = Path(version_dir)
+    if not problems:
+        if meta["name"] != version_dir.parent.name:
+            problems.append(f"name: {meta['name']!r} does not match its folder {version_dir.parent.name!r}")
+        if str(meta["version"]) != version_dir.name:
+            problems.append(f"version: {meta['version']!r} does not match its folder {version_dir.name!r}")
+        if "files" not in meta:
+            problems.append("files: required in metadata.json (hash of model.onnx)")
+    if problems:
+        raise MetadataError(problems, str(path))
+    return meta
+
+
+def verify_model_bytes(meta: dict, data: bytes) -> list[str]:
+    """Problems with `data` as the model.onnx that `meta` describes (size and hash)."""
+    entry = meta["files"][MODEL_FILENAME]
+    if len(data) != entry["bytes"]:
+        return [f"{MODEL_FILENAME}: expected {entry['bytes']} bytes, found {len(data)} (cut short or replaced?)"]
+    if sha256_bytes(data) != entry["sha256"]:
+        return [f"{MODEL_FILENAME}: sha256 does not match metadata.json"]
+    return []
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Published versions of one model, ascending; in-progress (dot) folders and other names are ignored."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(e.name) for e in entries if e.is_dir() and is_valid_version(e.name))
+
+
+def list_models(repo: Path) -> list[str]:
+    """Model names in a repository, sorted; folders with invalid names (dot-folders too) are ignored."""
+    try:
+        entries = list(os.scandir(repo))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name for e in entries if e.is_dir() and is_valid_name(e.name))
+
+
+@contextlib.contextmanager
+def _publish_lock(model_dir: Path) -> Iterator[None]:
+    with open(model_dir / LOCK_FILENAME, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, bytes]]) -> tuple[int, Path]:
+    """Publish the next version of `name` atomically and return (version, folder).
+
+    `build(version)` returns the files of that version as {filename: bytes}; it must include model.onnx and
+    metadata.json. They are written and fsynced into a dot-folder inside the model's folder, which is then
+    renamed to the version number, so a reader sees either no version or a whole one. Publishers of the same
+    model are serialised by a lock file, so two of them never race for one number.
+    """
+    if not is_valid_name(name):
+        raise ValueError(f"invalid model name {name!r}")
+    model_dir = Path(repo) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with _publish_lock(model_dir):
+        # Holding the lock, any in-progress folder is a leftover of a killed publisher.
+        for entry in os.scandir(model_dir):
+            if entry.is_dir() and entry.name.startswith(TMP_PREFIX):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        versions = list_versions(model_dir)
+        version = (versions[-1] + 1) if versions else 1
+        files = build(version)
+        missing = {MODEL_FILENAME, METADATA_FILENAME} - set(files)
+        if missing:
+            raise ValueError(f"publish_version: build() did not return {sorted(missing)}")
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_dir))
+        try:
+            for filename, data in files.items():
+                with open(tmp / filename, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, 0o755)
+            _fsync_dir(tmp)
+            final = model_dir / str(version)
+            os.rename(tmp, final)  # atomic on one filesystem; fails rather than replace an existing version
+            _fsync_dir(model_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return version, final

@@ -1,0 +1,64 @@
+"""Errors the service raises; each carries its HTTP status and a message safe to show a client."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: one handler turns it into `{"error": message}` with `status_code`."""
+
+    status_code = 500
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class InvalidInput(BadRequest):
+    """One or more request tensors do not match the model; `problems` holds every one of them."""
+
+    def __init__(self, model: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"invalid inference request for model '{model}': " + "; ".join(problems))
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+
+    def __init__(self, name: str, version: str | None = None, available: list[str] | None = None):
+        if version is None:
+            message = f"unknown model '{name}'"
+            if available is not None:
+                message += f"; available models: {available}"
+        else:
+            message = f"model '{name}' has no version '{version}'"
+            if available is not None:
+                message += f"; available versions: {available}"
+        super().__init__(message)
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+
+    def __init__(self, name: str, version: str | None = None, reason: str = "it is still loading"):
+        what = f"model '{name}'" + (f" version '{version}'" if version else "")
+        super().__init__(f"{what} is not ready: {reason}")
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+class InferenceFailed(ServiceError):
+    """ONNX Runtime failed on input that passed validation: a server-side bug, reported as 500."""
+
+    status_code = 500

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the service, on a registry that belongs to one app.
+
+Under gunicorn with several workers, prometheus-client's multiprocess mode is used: `python -m service`
+sets PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client, every worker writes its values
+to files there, and /metrics merges them. Labels are bounded: model and version come from the repository
+(never from a request that named an unknown model), outcome and route from fixed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Seconds; a small model answers in well under a millisecond, a busy server in tens of milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OUTCOMES = ("success", "client_error", "server_error")
+
+
+class Metrics:
+    """The service's collectors. `multiprocess_dir` is set when several worker processes share them."""
+
+    def __init__(self, multiprocess_dir: str | None = None):
+        self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
+        r = self.registry
+        self.requests = Counter(
+            "nnserve_inference_requests", "Inference requests by model, version and outcome "
+            "(success, client_error, server_error).", ["model", "version", "outcome"], registry=r)
+        self.request_duration = Histogram(
+            "nnserve_inference_request_duration_seconds", "Time to answer an inference request, "
+            "from the body read to the response built.", ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge(
+            "nnserve_inference_requests_in_flight", "Inference requests being processed.", registry=r,
+            multiprocess_mode="livesum")
+        self.model_loaded = Gauge(
+            "nnserve_model_loaded", "1 for each model version loaded and serving, with its ONNX Runtime "
+            "provider.", ["model", "version", "provider"], registry=r, multiprocess_mode="livemax")
+        self.load_failures = Counter(
+            "nnserve_model_load_failures", "Model versions that failed to load, by model.", ["model"], registry=r)
+        self.http_requests = Counter(
+            "nnserve_http_requests", "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,228 @@
+"""Open Inference Protocol (V2) request decoding and response encoding, JSON and Triton binary tensors.
+
+Transport-free: takes and returns bytes and plain objects, so the HTTP layer stays thin. Checks against a
+particular model (names, shapes, datatypes) live in runtime.py; this module checks only the protocol's form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.artifact import DATATYPES
+from service.errors import BadRequest
+
+NUMPY_DTYPES = {name: np.dtype(dt) for name, dt in DATATYPES.items()}
+# Which numpy kinds a JSON array may arrive as for each V2 datatype ('i'/'u' ints, 'f' floats, 'b' bools).
+ACCEPTED_JSON_KINDS = {
+    **{name: "iu" for name in DATATYPES if name.startswith(("INT", "UINT"))},
+    **{name: "iuf" for name in DATATYPES if name.startswith("FP")},
+    "BOOL": "b",
+}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PARAMETER_TYPES = (str, int, float, bool)
+
+
+@dataclass
+class RequestInput:
+    """One decoded request tensor; `array` is None when its data could not be decoded (see problems)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray | None
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    inputs: list[RequestInput]
+    outputs: list[RequestedOutput] | None  # None: every output, with the request's default encoding
+    binary_default: bool = False
+    id: str | None = None
+    problems: list[str] = field(default_factory=list)  # data problems found while decoding, reported with the rest
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def _check_parameters(where: str, params: Any, problems: list[str]) -> dict:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        problems.append(f"{where}.parameters: expected an object, got {type(params).__name__}")
+        return {}
+    for key, value in params.items():
+        if not isinstance(value, PARAMETER_TYPES):
+            problems.append(f"{where}.parameters.{key}: expected a string, number or boolean, "
+                            f"got {type(value).__name__}")
+    return params
+
+
+def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[np.ndarray | None, str | None]:
+    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem)."""
+    if not isinstance(data, list):
+        return None, f"{where}.data: expected a list of numbers, got {type(data).__name__}"
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        return None, f"{where}.data: nested lists must be regular (all rows the same length)"
+    kinds = ACCEPTED_JSON_KINDS[datatype]
+    if raw.size and raw.dtype.kind not in kinds:
+        found = {"U": "strings", "O": "non-numbers or numbers out of range", "b": "booleans",
+                 "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(raw.dtype.kind, str(raw.dtype))
+        return None, f"{where}.data: expected {datatype} values, got {found}"
+    flat = raw.reshape(-1)
+    if flat.size != count:
+        return None, f"{where}.data: shape needs {count} elements, got {flat.size}"
+    target = NUMPY_DTYPES[datatype]
+    if raw.dtype.kind in "iu" and target.kind in "iu":
+        info = np.iinfo(target)
+        if flat.size and (flat.min() < info.min or flat.max() > info.max):
+            return None, f"{where}.data: values out of range for {datatype}"
+    return flat.astype(target, copy=False), None
+
+
+def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Decode a V2 infer body; `header_length` is Inference-Header-Content-Length when binary parts follow.
+
+    Raises BadRequest listing every problem with the request's form. Problems with tensor data are kept
+    in `InferRequest.problems` so that they are reported together with the model's own checks.
+    """
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise BadRequest(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+        if header_length == 0:
+            raise BadRequest("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
+                             "send a JSON header that describes the inputs")
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        header, binary = body, memoryview(b"")
+    try:
+        req = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
+
+    problems: list[str] = []
+    data_problems: list[str] = []
+    request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        problems.append(f"id: expected a string, got {type(request_id).__name__}")
+    params = _check_parameters("request", req.get("parameters"), problems)
+    binary_default = params.get("binary_data_output") is True
+
+    raw_inputs = req.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        problems.append(f"inputs: expected a non-empty list of tensors, got {raw_inputs!r:.60}")
+        raw_inputs = []
+    inputs: list[RequestInput] = []
+    offset = 0
+    for i, tensor in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            problems.append(f"{where}: expected an object with name, shape, datatype and data")
+            continue
+        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+        if isinstance(name, str) and name:
+            where = f"input '{name}'"
+        else:
+            problems.append(f"{where}.name: expected a non-empty string, got {name!r:.60}")
+        if not _is_shape(shape):
+            problems.append(f"{where}.shape: expected a list of non-negative integers, got {shape!r:.60}")
+        if datatype not in NUMPY_DTYPES:
+            problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {datatype!r:.30}")
+        tparams = _check_parameters(where, tensor.get("parameters"), problems)
+        size = tparams.get("binary_data_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            problems.append(f"{where}.parameters.binary_data_size: expected a non-negative integer, got {size!r}")
+            continue
+        if size is not None and "data" in tensor:
+            problems.append(f"{where}: has both 'data' and binary_data_size; send one of them")
+            continue
+        if size is None and "data" not in tensor:
+            problems.append(f"{where}.data: required (or parameters.binary_data_size with binary data)")
+            continue
+        if size is not None:
+            chunk = binary[offset:offset + size]
+            offset += size
+            if len(chunk) < size:
+                problems.append(f"{where}.parameters.binary_data_size: {size} bytes declared, "
+                                f"only {len(chunk)} left in the body")
+                continue
+        if not (isinstance(name, str) and _is_shape(shape) and datatype in NUMPY_DTYPES):
+            continue
+        count = math.prod(shape)
+        if size is not None:
+            dtype = NUMPY_DTYPES[datatype]
+            if size != count * dtype.itemsize:
+                array, problem = None, (f"{where}.parameters.binary_data_size: shape {shape} of {datatype} "
+                                        f"needs {count * dtype.itemsize} bytes, got {size}")
+            else:
+                array, problem = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")), None
+        else:
+            array, problem = _array_from_json(where, tensor["data"], datatype, count)
+        if problem:
+            data_problems.append(problem)
+        inputs.append(RequestInput(name, datatype, shape, None if array is None else array.reshape(shape)))
+    if offset < len(binary):
+        problems.append(f"body: {len(binary) - offset} bytes of binary data follow the inputs "
+                        "that no binary_data_size accounts for")
+
+    outputs = None
+    raw_outputs = req.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            problems.append(f"outputs: expected a list, got {type(raw_outputs).__name__}")
+        else:
+            outputs = []
+            for i, out in enumerate(raw_outputs):
+                if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                    problems.append(f"outputs[{i}]: expected an object with a string 'name'")
+                    continue
+                oparams = _check_parameters(f"output '{out['name']}'", out.get("parameters"), problems)
+                if "classification" in oparams:
+                    problems.append(f"output '{out['name']}'.parameters.classification: "
+                                    "the classification extension is not supported by this server")
+                binary_flag = oparams.get("binary_data", binary_default)
+                outputs.append(RequestedOutput(out["name"], binary_flag is True))
+    if problems:
+        raise BadRequest("invalid inference request: " + "; ".join(problems))
+    return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
+
+
+def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
+                          results: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
+    """Encode outputs given as (name, datatype, array, binary); return (body, header length or None)."""
+    outputs, chunks = [], []
+    for name, datatype, array, binary in results:
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            chunk = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            out["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            out["data"] = array.reshape(-1).tolist()
+        outputs.append(out)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = outputs
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

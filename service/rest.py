@@ -1,0 +1,82 @@
+"""HTTP routes of the Open Inference Protocol (V2): turn requests into DataPlane calls and results into HTTP."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, request
+
+from service.dataplane import DataPlane
+from service.errors import BadRequest, UnsupportedMediaType
+from service.protocol import HEADER_LENGTH
+
+bp = Blueprint("v2", __name__)
+
+
+def _plane() -> DataPlane:
+    return current_app.extensions["nnserve"]
+
+
+def json_response(payload, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+@bp.get("/v2")
+def server_metadata():
+    return json_response(_plane().server_metadata())
+
+
+@bp.get("/v2/health/live")
+def live():
+    return json_response({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def ready():
+    is_ready = _plane().ready()
+    return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+
+@bp.get("/v2/models")
+def model_index():
+    return json_response(_plane().model_index())
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    return json_response(_plane().model_metadata(name, version))
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    return json_response(_plane().model_ready(name, version))
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported; send identity")
+    raw_length = request.headers.get(HEADER_LENGTH)
+    header_length = None
+    if raw_length is not None:
+        if not raw_length.strip().isdigit():
+            raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got '{raw_length[:32]}'")
+        header_length = int(raw_length)
+    # tritonclient sends no Content-Type, so the body is read raw (get_json would answer 415).
+    body = request.get_data(cache=False)
+    payload, binary_header = _plane().infer(name, version, body, header_length)
+    response = Response(payload, mimetype="application/json" if binary_header is None
+                        else "application/octet-stream")
+    if binary_header is not None:
+        response.headers[HEADER_LENGTH] = str(binary_header)
+    return response
+
+
+@bp.get("/metrics")
+def metrics():
+    body, content_type = _plane().metrics.render()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,105 @@
+"""Service settings: one dataclass, defaults overridden by NNSERVE_* environment variables, then the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ENV_PREFIX = "NNSERVE_"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota when one is set."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+@dataclass
+class Settings:
+    """Everything the service can be told. Field docs are the settings' documentation."""
+
+    models: Path = Path("models")
+    """Model repository: <models>/<name>/<version>/{model.onnx,metadata.json}."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8080
+    """Port to listen on."""
+    workers: int = 0
+    """Server worker processes; 0 = one per available CPU."""
+    threads: int = 4
+    """Request threads per worker."""
+    version_policy: str = "all"
+    """Which versions to serve: 'all' or 'latest:N' (the N highest); requests without a version get the highest."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body accepted; bigger bodies get 413."""
+    device: str = "auto"
+    """ONNX Runtime device: auto (CUDA when available, else CPU), cpu, or cuda (refuse to start without it)."""
+    ort_threads: int = 0
+    """ONNX Runtime intra-op threads per session; 0 = available CPUs divided by workers."""
+    background_load: bool = True
+    """Load models in a background thread so liveness answers at once; readiness is 503 until done."""
+    startup_wait_seconds: int = 30
+    """How long a request that arrives while its worker is still loading waits before a 503."""
+    log_level: str = "info"
+    """Log level of the server."""
+    extra: dict = field(default_factory=dict)
+    """Free-form overrides for tests (kept out of the environment)."""
+
+    def __post_init__(self) -> None:
+        self.models = Path(self.models)
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {list(DEVICES)}, got {self.device!r}")
+        self.parse_version_policy()  # fail fast on a bad value
+        for name in ("port", "threads", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+    def parse_version_policy(self) -> int | None:
+        """The number of latest versions to serve, or None for all."""
+        policy = self.version_policy
+        if policy == "all":
+            return None
+        kind, _, n = policy.partition(":")
+        if kind == "latest" and n.isdigit() and int(n) > 0:
+            return int(n)
+        raise ValueError(f"version_policy: expected 'all' or 'latest:N' with N >= 1, got {policy!r}")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or available_cpus()
+
+    @property
+    def session_threads(self) -> int:
+        return self.ort_threads or max(1, available_cpus() // self.worker_count)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then NNSERVE_<FIELD> variables, then keyword overrides (None values are ignored)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name == "extra":
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: expected an integer, got {raw!r}") from None
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

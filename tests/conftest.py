@@ -1,0 +1,139 @@
+"""Shared fixtures: a real (short) training run, a real exported repository, and real server processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = ROOT / "models"
+FAST_EPOCHS = 8  # enough for > 90 % on digits in about a second
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A digits-mlp run folder from the zoo config, shortened to FAST_EPOCHS."""
+    from training.config import apply_overrides, load_config
+    from training.trainer import fit
+
+    out = tmp_path_factory.mktemp("run") / "digits-mlp"
+    config = apply_overrides(load_config("digits-mlp"), [f"train.epochs={FAST_EPOCHS}"])
+    fit(config, out, log=lambda _msg: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_repo(tmp_path_factory, trained_run) -> Path:
+    """A repository holding the trained run as digits-mlp version 1 and again as version 2."""
+    from training.export import export_run, publish
+
+    repo = tmp_path_factory.mktemp("repo")
+    exported, resolved, summary = export_run(trained_run)
+    for _ in range(2):
+        publish(exported, resolved, summary, "digits-mlp", repo)
+    return repo
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A `python -m service` process on 127.0.0.1."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one HTTP request; never raises on 4xx/5xx."""
+        req = urllib.request.Request(f"http://{self.url}{path}", data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def json(self, method: str, path: str, payload=None, raw: bytes | None = None) -> tuple[int, dict]:
+        body = raw if raw is not None else (None if payload is None else json.dumps(payload).encode())
+        status, _, data = self.request(method, path, body)
+        return status, json.loads(data)
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics")[2].decode()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(repo: Path, log_dir: Path, *args: str, env: dict | None = None, timeout: float = 60) -> Server:
+    """Start the real server and wait until /v2/health/ready answers 200."""
+    port = free_port()
+    log = log_dir / f"server-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(log, "wb") as fh:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--models", str(repo),
+             *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(process, port, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if server.request("GET", "/v2/health/ready")[0] == 200:
+                return server
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(exported_repo, tmp_path_factory):
+    """One worker serving the exported repository, with a 1 MiB body limit to test 413."""
+    srv = start_server(exported_repo, tmp_path_factory.mktemp("logs"), "--workers", "1",
+                       "--max-body-bytes", str(1024 * 1024))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def copy_repo(tmp_path):
+    """Copy a repository (default: the shipped one) into tmp_path and return the copy."""
+
+    def _copy(src: Path = SHIPPED_MODELS) -> Path:
+        dst = tmp_path / "models"
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".publish.lock", ".tmp-*"))
+        return dst
+
+    return _copy

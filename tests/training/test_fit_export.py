@@ -1,0 +1,132 @@
+"""Training writes a complete run; export verifies against torch and publishes, or publishes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from service import artifact
+from service.runtime import load_model
+from tests.conftest import FAST_EPOCHS, ROOT
+from training.config import apply_overrides, load_config
+from training.export import ExportError, export_run, verify
+from training.trainer import fit, load_trained
+
+
+def test_run_folder_is_complete(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "best.pt", "last.pt", "summary.json"} <= names
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, FAST_EPOCHS + 1))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["metrics"]["test_accuracy"] > 0.9
+    assert summary["split"]["train"] + summary["split"]["val"] + summary["split"]["test"] == 1797
+    torch.load(trained_run / "last.pt", weights_only=True)  # plain tensors and numbers only
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    config = apply_overrides(load_config("digits-mlp"), ["train.epochs=2"])
+    first = fit(config, tmp_path / "a", log=lambda _m: None)
+    second = fit(config, tmp_path / "b", log=lambda _m: None)
+    assert first["metrics"] == second["metrics"]
+    assert first["split"] == second["split"]
+
+
+def test_export_embeds_the_metadata_and_verifies(exported_repo):
+    version_dir = exported_repo / "digits-mlp" / "1"
+    meta = artifact.read_metadata(version_dir)
+    model = onnx.load(version_dir / "model.onnx")
+    embedded = {p.key: p.value for p in model.metadata_props}[artifact.METADATA_PROP]
+    assert json.loads(embedded) == artifact.embedded_view(meta)
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0]  # symbolic batch dim
+    assert model.opset_import[0].version == 20
+    parity = meta["export"]["parity"]
+    assert [b["batch"] for b in parity["batches"]] == [1, 3, 64] and parity["max_abs_diff"] <= 1e-5
+    metrics = meta["training"]["metrics"]
+    assert abs(metrics["onnx_test_accuracy"] - metrics["test_accuracy"]) <= 0.001
+    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx"]
+
+
+def test_a_lone_model_file_describes_itself(exported_repo):
+    session = ort.InferenceSession(str(exported_repo / "digits-mlp" / "2" / "model.onnx"))
+    meta = json.loads(session.get_modelmeta().custom_metadata_map[artifact.METADATA_PROP])
+    assert meta["name"] == "digits-mlp" and meta["version"] == 2 and meta["labels"][3] == "3"
+    probs = session.run(None, {"input": np.zeros((5, 64), np.float32)})[0]
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)  # softmax is inside the graph
+
+
+def test_the_service_loads_the_export(exported_repo):
+    model = load_model(exported_repo / "digits-mlp" / "2", device="cpu")
+    assert model.version == 2 and model.provider == "CPUExecutionProvider"
+
+
+def test_verify_reports_every_mismatch(trained_run):
+    """An exported graph checked against a different torch model fails on values, all batches reported."""
+    exported, _, summary = export_run(trained_run)
+    _, _, other = load_trained(trained_run)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)
+    from training.architectures.layers import OutputHead
+
+    X = np.random.default_rng(0).uniform(0, 16, (50, 64)).astype(np.float32)
+    _, _, problems = verify(exported.model, OutputHead(other, "multiclass"), X, np.zeros(50, np.int64),
+                            "probabilities", 1e-5, summary["metrics"]["test_accuracy"])
+    assert sum("exceeds atol" in p for p in problems) == 3
+    assert any(p.startswith("test accuracy") for p in problems)
+
+
+def test_failed_check_publishes_nothing(trained_run, tmp_path):
+    """The recorded torch accuracy disagrees with the exported model's: the CLI refuses and says why."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["metrics"]["test_accuracy"] = 0.5
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ExportError, match="test accuracy: ONNX"):
+        export_run(run)
+    repo = tmp_path / "repo"
+    proc = subprocess.run([sys.executable, "-m", "training", "export", str(run), "--name", "digits-mlp",
+                           "--models", str(repo)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "nothing was published" in proc.stderr and "test accuracy" in proc.stderr
+    assert artifact.list_versions(repo / "digits-mlp") == []
+
+
+def test_cli_fit_then_export_publishes_the_next_version(tmp_path, exported_repo):
+    repo = tmp_path / "repo"
+    shutil.copytree(exported_repo, repo)
+    run = tmp_path / "run"
+    fit_proc = subprocess.run([sys.executable, "-m", "training", "fit", "--arch", "mlp", "--dataset", "digits",
+                               "--epochs", "2", "--quiet", "--out", str(run)], cwd=ROOT, capture_output=True,
+                              text=True)
+    assert fit_proc.returncode == 0, fit_proc.stderr
+    export_proc = subprocess.run([sys.executable, "-m", "training", "export", str(run), "--name", "digits-mlp",
+                                  "--models", str(repo)], cwd=ROOT, capture_output=True, text=True)
+    assert export_proc.returncode == 0, export_proc.stderr
+    assert "published digits-mlp version 3" in export_proc.stdout
+    assert artifact.list_versions(repo / "digits-mlp") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["fit", "--arch", "resnet", "--epochs", "1"], "unknown architecture 'resnet'; valid architectures are"),
+    (["fit", "--dataset", "mnist", "--epochs", "1"], "unknown dataset 'mnist'; valid datasets are"),
+    (["fit", "--set", "optimizer.name=lbfgs", "--epochs", "1"], "unknown optimizer 'lbfgs'"),
+    (["fit", "--set", "optimizer.betas=1"], "unknown key(s) ['optimizer.betas']"),
+    (["fit", "--set", "model.width=3", "--epochs", "1"], "unknown key(s) ['width'] for architecture 'mlp'"),
+    (["export", "/nonexistent", "--name", "x"], "is not a finished run folder"),
+])
+def test_cli_errors_name_the_problem(args, fragment, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "training", *args, *(["--out", str(tmp_path / "r")]
+                          if args[0] == "fit" else [])], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr

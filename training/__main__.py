@@ -1,0 +1,85 @@
+"""`python -m training`: fit a model, export a run to the model repository."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from service import artifact
+
+DEFAULT_MODELS = Path("models")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from training.config import RunConfig, apply_overrides, load_config
+    from training.trainer import fit
+
+    config = load_config(args.config) if args.config else RunConfig()
+    flags = {"arch": args.arch, "dataset": args.dataset, "seed": args.seed}
+    overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    config = apply_overrides(config, overrides + list(args.set))
+    if not config.name:
+        config.name = f"{config.dataset}-{config.arch}"
+    if config.train.epochs < 1:
+        raise ValueError(f"train.epochs: expected at least 1, got {config.train.epochs}")
+    out = args.out or Path("runs") / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    fit(config, Path(out), log=(lambda _msg: None) if args.quiet else print)
+    print(out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_run, publish
+
+    if not artifact.is_valid_name(args.name):
+        raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
+    exported, resolved, summary = export_run(args.run_dir)
+    version, path = publish(exported, resolved, summary, args.name, args.models)
+    parity = exported.parity
+    print(f"published {args.name} version {version} at {path}")
+    print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} at batches "
+          f"{[b['batch'] for b in parity['batches']]} (atol {parity['atol']:g})")
+    print(f"  test accuracy: torch {summary['metrics']['test_accuracy']:.4f}, "
+          f"onnx {exported.onnx_metrics['test_accuracy']:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a model and write a run folder")
+    fit.add_argument("config", nargs="?", help="TOML config file, or a zoo name such as digits-mlp")
+    fit.add_argument("--arch", help="architecture (e.g. mlp)")
+    fit.add_argument("--dataset", help="bundled dataset (e.g. digits)")
+    fit.add_argument("--epochs", type=int, help="number of epochs")
+    fit.add_argument("--seed", type=int, help="random seed for the split, the weights and the batches")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set optimizer.lr=0.01 (repeatable)")
+    fit.add_argument("--out", type=Path, help="run folder (default runs/<name>-<timestamp>)")
+    fit.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    fit.set_defaults(func=_fit)
+
+    export = sub.add_parser("export", help="export a run to ONNX, verify it, publish the next version")
+    export.add_argument("run_dir", type=Path, help="run folder written by fit")
+    export.add_argument("--name", required=True, help="model name in the repository, e.g. digits-mlp")
+    export.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository (default models)")
+    export.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # configuration and input errors: one clear line, no traceback
+        print(f"python -m training {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Run configuration: a TOML file per zoo model, command-line flags, and `--set section.key=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # sgd, adam, rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # L2 penalty
+    momentum: float = 0.9  # sgd and rmsprop only
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    epochs: int = 50
+    patience: int = 0  # stop after this many epochs without a better validation metric; 0 = never
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.15  # fractions of the whole dataset
+    test: float = 0.2
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved in the run folder so that export can rebuild the model."""
+
+    name: str = ""
+    arch: str = "mlp"
+    dataset: str = "digits"
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)  # architecture hyperparameters, see its *Config class
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sha256(self) -> str:
+        """Hash of the resolved config, recorded in the artifact to tell which config built it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = copy.deepcopy(data)
+        sections = {"optimizer": OptimizerConfig, "train": TrainConfig, "split": SplitConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}")
+        for key, section_cls in sections.items():
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise ValueError(f"{key}: expected a table, got {data[key]!r}")
+                valid = {f.name for f in dataclasses.fields(section_cls)}
+                bad = sorted(set(data[key]) - valid)
+                if bad:
+                    raise ValueError(f"unknown key(s) {[f'{key}.{b}' for b in bad]}; valid: {sorted(valid)}")
+                data[key] = section_cls(**data[key])
+        return cls(**data)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML config; a bare zoo name (e.g. `digits-mlp`) is looked up in training/configs/."""
+    path = Path(path)
+    if not path.exists() and (CONFIG_DIR / f"{path.name}.toml").exists():
+        path = CONFIG_DIR / f"{path.name}.toml"
+    try:
+        with open(path, "rb") as fh:
+            return RunConfig.from_dict(tomllib.load(fh))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _parse_value(text: str) -> Any:
+    """TOML-typed value for `--set`: numbers, booleans, arrays and quoted strings; bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `key=value` / `section.key=value` overrides and return a new, re-validated config."""
+    data = config.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
+        *parents, leaf = key.strip().split(".")
+        target = data
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a config section")
+            target = target[part]
+        target[leaf] = _parse_value(value.strip())
+    return RunConfig.from_dict(data)
