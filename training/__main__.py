@@ -1,4 +1,4 @@
-"""`python -m training`: fit a model, export a run to the model repository."""
+"""`python -m training`: fit models, train the zoo, list what exists, export runs to the model repository."""
 
 from __future__ import annotations
 
@@ -26,9 +26,39 @@ def _fit(args: argparse.Namespace) -> int:
         config.name = f"{config.dataset}-{config.arch}"
     if config.train.epochs < 1:
         raise ValueError(f"train.epochs: expected at least 1, got {config.train.epochs}")
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_DIR: the run folder to continue")
     out = args.out or Path("runs") / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    fit(config, Path(out), log=(lambda _msg: None) if args.quiet else print)
+    fit(config, Path(out), log=(lambda _msg: None) if args.quiet else print, quiet=args.quiet,
+        resume=args.resume)
     print(out)
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from training.zoo import run_zoo, target_met
+
+    results = run_zoo(args.out, args.only or None, quiet=args.quiet, models=args.models)
+    return 0 if all(target_met(name, summary) for name, summary in results.items()) else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    from training.architectures import ARCHITECTURES
+    from training.config import CONFIG_DIR, load_config
+    from training.data import DATASETS, load_dataset
+    from training.zoo import ZOO
+
+    print("architectures:")
+    for name, spec in ARCHITECTURES.items():
+        print(f"  {name:12s} tasks: {', '.join(spec.tasks)}")
+    print("datasets (or a path to a .csv, a .npz, or a folder of class folders):")
+    for name in DATASETS:
+        data = load_dataset(name)
+        print(f"  {name:14s} {data.task:12s} {data.description}")
+    print("zoo models (training/configs/):")
+    for name in ZOO:
+        config = load_config(CONFIG_DIR / f"{name}.toml")
+        print(f"  {name:20s} {config.arch:12s} {config.dataset}")
     return 0
 
 
@@ -39,12 +69,12 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
     exported, resolved, summary = export_run(args.run_dir)
     version, path = publish(exported, resolved, summary, args.name, args.models)
-    parity = exported.parity
+    parity, metric = exported.parity, summary["headline_metric"]
     print(f"published {args.name} version {version} at {path}")
-    print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} at batches "
-          f"{[b['batch'] for b in parity['batches']]} (atol {parity['atol']:g})")
-    print(f"  test accuracy: torch {summary['metrics']['test_accuracy']:.4f}, "
-          f"onnx {exported.onnx_metrics['test_accuracy']:.4f}")
+    print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
+          f"(atol {parity['atol']:g})")
+    print(f"  test {metric}: torch {summary['metrics'][f'test_{metric}']:.4f}, "
+          f"onnx {exported.onnx_metrics[metric]:.4f}")
     return 0
 
 
@@ -61,8 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set optimizer.lr=0.01 (repeatable)")
     fit.add_argument("--out", type=Path, help="run folder (default runs/<name>-<timestamp>)")
-    fit.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (for logs and CI)")
     fit.set_defaults(func=_fit)
+
+    zoo = sub.add_parser("zoo", help="train every zoo model from its config and print the results table")
+    zoo.add_argument("--out", type=Path, default=Path("runs") / "zoo", help="folder for the runs (default runs/zoo)")
+    zoo.add_argument("--only", nargs="+", metavar="NAME", help="train only these zoo models")
+    zoo.add_argument("--models", type=Path, help="also export, verify and publish each model to this repository")
+    zoo.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    zoo.set_defaults(func=_zoo)
+
+    lister = sub.add_parser("list", help="show architectures, datasets and zoo models")
+    lister.set_defaults(func=_list)
 
     export = sub.add_parser("export", help="export a run to ONNX, verify it, publish the next version")
     export.add_argument("run_dir", type=Path, help="run folder written by fit")

@@ -16,22 +16,34 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"  # sgd, adam, rmsprop
+    name: str = "adam"  # sgd, adam, adamw, rmsprop
     lr: float = 1e-3
-    weight_decay: float = 0.0  # L2 penalty
+    weight_decay: float = 0.0  # L2 penalty (decoupled for adamw)
     momentum: float = 0.9  # sgd and rmsprop only
+    nesterov: bool = False  # sgd only
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"  # none, step, cosine, plateau
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.5  # step: decay factor
+    factor: float = 0.5  # plateau: decay factor
+    patience: int = 5  # plateau: epochs without improvement of the monitored metric
 
 
 @dataclass
 class TrainConfig:
     batch_size: int = 64
     epochs: int = 50
-    patience: int = 0  # stop after this many epochs without a better validation metric; 0 = never
+    patience: int = 0  # early stopping: epochs without a better monitored metric; 0 = never stop early
+    monitor: str = "val_loss"  # the validation metric that picks the best checkpoint and drives early stopping
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
 
 
 @dataclass
 class SplitConfig:
-    val: float = 0.15  # fractions of the whole dataset
+    val: float = 0.15  # fractions of the whole dataset (of the windows, for a series)
     test: float = 0.2
 
 
@@ -42,11 +54,15 @@ class RunConfig:
     name: str = ""
     arch: str = "mlp"
     dataset: str = "digits"
+    task: str = ""  # empty: the dataset's own task
     seed: int = 0
+    data: dict[str, Any] = field(default_factory=dict)  # window, horizon, target, series, image_size, ...
     model: dict[str, Any] = field(default_factory=dict)  # architecture hyperparameters, see its *Config class
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    eval: dict[str, Any] = field(default_factory=dict)  # task-specific evaluation settings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,7 +74,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         data = copy.deepcopy(data)
-        sections = {"optimizer": OptimizerConfig, "train": TrainConfig, "split": SplitConfig}
+        sections = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+                    "split": SplitConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,29 +1,40 @@
-"""Datasets shipped inside scikit-learn, with deterministic, recorded train/validation/test splits."""
+"""Datasets: the ones shipped inside scikit-learn and statsmodels and a user's own files, with deterministic,
+recorded train/validation/test splits, and the arrangement of features into the form an architecture takes.
+
+Three kinds of data: `table` (X [N, F]), `image` (X [N, C, H, W]) and `series` (one series [N], cut into
+sliding windows of `window` past values and the `horizon` values that follow). Series split by time.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+FORMS = ("table", "image", "sequence")  # what an architecture takes: [B, F], [B, C, H, W] or [B, T, F]
+
 
 @dataclass
 class Dataset:
-    """Features `X` [N, F] (float32, raw units) and targets `y` [N]; `labels` name the classes."""
+    """Features in raw units and targets; `labels` name the classes; `season` is a series' period."""
 
     name: str
-    X: np.ndarray
-    y: np.ndarray
-    task: str
+    kind: str  # table, image or series
+    task: str  # the default task; a config may pick another one the data supports
+    X: np.ndarray  # table [N, F], image [N, C, H, W], series [N] (float32)
+    y: np.ndarray | None  # class indices (int64) or values (float32); None for a series
     labels: list[str] | None
     description: str
+    season: int | None = None
 
 
 @dataclass
 class Split:
-    """Index arrays into a Dataset; `describe()` is what the artifact records about the split."""
+    """Index arrays into a Dataset (for a series: into its windows); `describe()` goes into the artifact."""
 
     train: np.ndarray
     val: np.ndarray
@@ -39,45 +50,188 @@ class Split:
                 "test": len(self.test), "indices_sha256": digest.hexdigest()}
 
 
+# -- bundled datasets -------------------------------------------------------------------------------------
+def _sklearn(loader: str, task: str, description: str) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{loader}")()
+        if task == "regression":
+            return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.float32),
+                           None, description)
+        return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.int64),
+                       [str(c) for c in bunch.target_names], description)
+
+    return load
+
+
 def _digits() -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return Dataset("digits", bunch.data.astype(np.float32), bunch.target.astype(np.int64), "multiclass",
+    return Dataset("digits", "image", "multiclass", bunch.images.astype(np.float32)[:, None], bunch.target.astype(np.int64),
                    [str(c) for c in bunch.target_names],
-                   "scikit-learn digits: 1797 images of 8x8 pixels, values 0-16, flattened to 64 features")
+                   "scikit-learn digits: 1797 grayscale images of 8x8 pixels, values 0-16", )
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {"digits": _digits}
+def _statsmodels_series(name: str, column: str, season: int, description: str) -> Callable[[], Dataset]:
+    def load() -> Dataset:
+        import importlib
+
+        with warnings.catch_warnings():  # statsmodels' loaders warn about pandas internals
+            warnings.simplefilter("ignore")
+            frame = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
+        values = frame[column].interpolate().to_numpy(dtype=np.float32)  # co2 has 59 missing weeks
+        return Dataset(name, "series", "forecasting", values, None, None, description, season=season)
+
+    return load
 
 
-def load_dataset(name: str) -> Dataset:
-    """Load a bundled dataset by name; an unknown name lists the valid ones."""
-    try:
+DATASETS: dict[str, Callable[[], Dataset]] = {
+    "digits": _digits,
+    "iris": _sklearn("iris", "multiclass", "scikit-learn iris: 150 flowers, 4 measurements in cm, 3 species"),
+    "wine": _sklearn("wine", "multiclass", "scikit-learn wine: 178 wines, 13 chemical measurements, 3 cultivars"),
+    "breast_cancer": _sklearn("breast_cancer", "binary",
+                              "scikit-learn breast cancer (Wisconsin): 569 tumours, 30 features; "
+                              "positive class 'benign'"),
+    "diabetes": _sklearn("diabetes", "regression",
+                         "scikit-learn diabetes: 442 patients, 10 features, disease progression after one year"),
+    "co2": _statsmodels_series("co2", "co2", 52, "statsmodels co2: weekly Mauna Loa CO2 in ppm, 1958-2001 "
+                               "(missing weeks interpolated)"),
+    "sunspots": _statsmodels_series("sunspots", "SUNACTIVITY", 11,
+                                    "statsmodels sunspots: yearly sunspot activity, 1700-2008"),
+}
+
+
+def load_dataset(name: str, options: dict | None = None) -> Dataset:
+    """A bundled dataset by name, or a user's file or folder (.csv, .npz, a folder of class folders)."""
+    if name in DATASETS:
         return DATASETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}") from None
+    path = Path(name)
+    if path.suffix.lower() in (".csv", ".npz") or path.is_dir():
+        return load_user_dataset(path, options or {})
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}, "
+                     "or a path to a .csv, a .npz or a folder of class folders")
 
 
-def split_dataset(data: Dataset, val: float, test: float, seed: int) -> Split:
-    """Deterministic split: stratified by class for classification tasks, shuffled otherwise."""
+def load_user_dataset(path: Path, options: dict) -> Dataset:
+    """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders."""
+    from training import datafiles
+
+    task = options.get("task")
+    if path.suffix.lower() == ".csv":
+        if "target" not in options:  # a series: the named column, or the file's only one
+            columns = datafiles.csv_columns(path)
+            if options.get("series") is None and len(columns) != 1:
+                raise ValueError(f"{path}: has columns {columns}; say which is the target with data.target=NAME, "
+                                 "or which holds a series with data.series=NAME")
+            values = datafiles.load_csv_series(path, options.get("series"))
+            return Dataset(path.stem, "series", "forecasting", values, None, None, f"series from {path.name}",
+                           season=options.get("season"))
+        X, y, features = datafiles.load_csv_table(path, options["target"], options.get("features"))
+        return _table_from_targets(path, X, y, task, f"{path.name}: features {features}")
+    if path.suffix.lower() == ".npz":
+        X, y = datafiles.load_npz(path)
+        kind = "image" if X.ndim == 4 else "table"
+        if X.ndim not in (2, 4):
+            raise ValueError(f"{path}: X must be [N, F] or [N, C, H, W], got shape {list(X.shape)}")
+        data = _table_from_targets(path, X, y, task, f"{path.name}: X {list(X.shape)}")
+        data.kind = kind
+        return data
+    X, y, classes = datafiles.load_image_folder(path, int(options.get("image_size", 8)),
+                                                options.get("color", "grayscale"))
+    return Dataset(path.name, "image", task or "multiclass", X, y, classes, f"images from {path}")
+
+
+def _table_from_targets(path: Path, X: np.ndarray, y: np.ndarray, task: str | None, description: str) -> Dataset:
+    """Decide the task from the targets (strings or few integers: classes; else regression) unless given."""
+    numeric = y.dtype.kind in "iuf"
+    if task is None:
+        integral = numeric and np.all(np.equal(np.mod(y, 1), 0))
+        n_classes = len(np.unique(y))
+        task = ("binary" if n_classes == 2 else "multiclass") if (not numeric or (integral and n_classes <= 50)) \
+            else "regression"
+    if task == "regression":
+        if not numeric:
+            raise ValueError(f"{path}: task regression needs numeric targets")
+        return Dataset(path.stem, "table", task, X.astype(np.float32), y.astype(np.float32), None, description)
+    classes, index = np.unique(y, return_inverse=True)
+    labels = [str(int(c)) if numeric and float(c).is_integer() else str(c) for c in classes]
+    if task == "binary" and len(labels) != 2:
+        raise ValueError(f"{path}: task binary needs exactly 2 classes, found {len(labels)}: {labels[:10]}")
+    return Dataset(path.stem, "table", task, X.astype(np.float32), index.astype(np.int64), labels, description)
+
+
+# -- splits -----------------------------------------------------------------------------------------------
+def split_indices(n: int, y: np.ndarray | None, val: float, test: float, seed: int, stratify: bool) -> Split:
+    """Deterministic random split: stratified by class when asked."""
     from sklearn.model_selection import train_test_split
 
-    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        raise ValueError(f"split: val and test must be fractions with val + test < 1, got {val} and {test}")
-    index = np.arange(len(data.y))
-    stratify = data.task in ("multiclass", "binary")
-    rest, test_idx = train_test_split(index, test_size=test, random_state=seed,
-                                      stratify=data.y if stratify else None)
+    _check_fractions(val, test)
+    index = np.arange(n)
+    rest, test_idx = train_test_split(index, test_size=test, random_state=seed, stratify=y if stratify else None)
     train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed,
-                                          stratify=data.y[rest] if stratify else None)
+                                          stratify=y[rest] if stratify else None)
     return Split(np.sort(train_idx), np.sort(val_idx), np.sort(test_idx), seed,
                  "stratified" if stratify else "shuffled")
 
 
-def standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of training features; constant features get std 1 (left centred only)."""
-    mean = X.mean(axis=0).astype(np.float32)
-    std = X.std(axis=0).astype(np.float32)
+def split_by_time(n_windows: int, val: float, test: float, seed: int) -> Split:
+    """Windows in time order: the first for training, then validation, the latest for test."""
+    _check_fractions(val, test)
+    n_test, n_val = max(1, round(n_windows * test)), max(1, round(n_windows * val))
+    index = np.arange(n_windows)
+    return Split(index[:n_windows - n_val - n_test], index[n_windows - n_val - n_test:n_windows - n_test],
+                 index[n_windows - n_test:], seed, "by time")
+
+
+def _check_fractions(val: float, test: float) -> None:
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise ValueError(f"split: val and test must be fractions with val + test < 1, got {val} and {test}")
+
+
+def windows(series: np.ndarray, window: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sliding windows: inputs [N, window] of past values and targets [N, horizon] of the values after them."""
+    n = len(series) - window - horizon + 1
+    if n < 10:
+        raise ValueError(f"series of {len(series)} values is too short for window {window} and horizon {horizon}")
+    stacked = np.lib.stride_tricks.sliding_window_view(series, window + horizon)[:n]
+    return np.ascontiguousarray(stacked[:, :window]), np.ascontiguousarray(stacked[:, window:])
+
+
+# -- arrangement ------------------------------------------------------------------------------------------
+def arrange(data: Dataset, form: str) -> np.ndarray:
+    """The features as an architecture takes them: table [N, F], image [N, C, H, W] or sequence [N, T, F].
+
+    Images become sequences row by row (each of the H rows is one token of C*W values); a series is
+    windowed by the caller and handled as a sequence of one feature per step.
+    """
+    X = data.X
+    if form == "table":
+        return X.reshape(len(X), -1)
+    if form == "image":
+        if data.kind != "image":
+            raise ValueError(f"dataset {data.name!r} holds {data.kind} data; this architecture needs images")
+        return X
+    if form == "sequence":
+        if data.kind == "image":
+            n, c, h, w = X.shape
+            return np.ascontiguousarray(X.transpose(0, 2, 1, 3).reshape(n, h, c * w))
+        raise ValueError(f"dataset {data.name!r} holds {data.kind} data; sequence architectures take images "
+                         "(rows as tokens) or series")
+    raise ValueError(f"unknown input form {form!r}; valid forms are {list(FORMS)}")
+
+
+def standardization(X: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training-split statistics, broadcastable to the inputs: per feature for tables and token features,
+    one value per channel for images. Constant features get std 1 (centred only)."""
+    if form == "image":
+        axes, keep = (0, 2, 3), (slice(None), None, None)
+    elif X.ndim == 3:
+        axes, keep = (0, 1), (slice(None),)
+    else:
+        axes, keep = (0,), (slice(None),)
+    mean = X.mean(axis=axes).astype(np.float32)
+    std = X.std(axis=axes).astype(np.float32)
     std[std < 1e-6] = 1.0
-    return mean, std
+    return mean[keep], std[keep]

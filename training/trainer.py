@@ -1,20 +1,24 @@
-"""The fit loop: data, model, optimizer, per-epoch metrics, best/last checkpoints and test metrics in a run folder.
+"""The fit loop: data, model, optimizer and schedule, per-epoch metrics, checkpoints, test metrics and plots.
 
 A run folder holds:
-  config.json      the resolved RunConfig, plus the network's full hyperparameters and the dataset facts
+  config.json      the resolved RunConfig, plus the network's full hyperparameters and the data facts
   metrics.jsonl    one JSON line per epoch
-  best.pt          state_dict of the best epoch by validation metric (loads with weights_only=True)
-  last.pt          state_dict, optimizer state and epoch of the last epoch
-  summary.json     split, test metrics, library versions, timings
+  best.pt          state_dict of the best epoch by the monitored validation metric (weights_only=True)
+  last.pt          everything to resume: weights, optimizer, schedule, RNG states, early-stopping state
+  summary.json     split, test metrics, baseline, library versions, timings
+  plots/*.png      loss and metric curves, and the task's own plot
+`--resume` continues from last.pt and ends where an uninterrupted run would (same RNG stream).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,21 +26,134 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.architectures import build_network
-from training.config import OptimizerConfig, RunConfig
-from training.data import Dataset, Split, load_dataset, split_dataset, standardization
+from training import architectures
+from training.config import OptimizerConfig, RunConfig, ScheduleConfig
+from training.data import (Dataset, Split, arrange, load_dataset, split_by_time, split_indices, standardization,
+                           windows)
+from training.tasks import (TASK_SPECS, Network, ServedModel, compute_metrics, higher_is_better, loss_fn,
+                            training_target)
 
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("none", "step", "cosine", "plateau")
+PARTS = ("train", "val", "test")
+EVAL_BATCH = 1024
+RESOLVED_EXTRAS = ("network", "resolved_task", "form", "series", "labels", "config_sha256")  # config.json only
+
+
+@dataclass
+class Prepared:
+    """The data of a run exactly as training and export see it: arranged, split, with its statistics."""
+
+    data: Dataset
+    task: str
+    form: str
+    split: Split
+    X: dict[str, np.ndarray]
+    y: dict[str, np.ndarray | None]
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: float | None = None
+    y_std: float | None = None
+    window: int | None = None
+    horizon: int | None = None
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.data.labels
+
+
+def resolve_task(config: RunConfig, data: Dataset) -> str:
+    task = config.task or data.task
+    if config.arch == "autoencoder" and not config.task:
+        task = "anomaly"
+    if config.arch == "gan" and not config.task:
+        task = "generation"
+    allowed = architectures.get_arch(config.arch).tasks
+    if task not in allowed:
+        raise ValueError(f"architecture {config.arch!r} does not do task {task!r}; it does {list(allowed)}")
+    if data.kind == "series" and task != "forecasting":
+        raise ValueError(f"dataset {data.name!r} is a series; its task is forecasting, not {task!r}")
+    if task in ("multiclass", "binary", "generation") and not data.labels:
+        raise ValueError(f"task {task!r} needs classes, and dataset {data.name!r} has none")
+    return task
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load, arrange and split the data of a run (deterministic: the seed and the config decide)."""
+    data = load_dataset(config.dataset, {**config.data, **({"task": config.task} if config.task else {})})
+    task = resolve_task(config, data)
+    form = architectures.input_form(config.arch, config.model)
+    if data.kind == "series":
+        if form != "sequence":
+            raise ValueError(f"dataset {data.name!r} is a series; use a sequence architecture (rnn, lstm, gru, "
+                             f"transformer), not {config.arch!r}")
+        window, horizon = int(config.data.get("window", 24)), int(config.data.get("horizon", 1))
+        inputs, targets = windows(data.X, window, horizon)
+        split = split_by_time(len(inputs), config.split.val, config.split.test, config.seed)
+        X = {p: inputs[getattr(split, p)] for p in PARTS}
+        y = {p: targets[getattr(split, p)] for p in PARTS}
+        train_values = data.X[:split.train[-1] + window + horizon]
+        std = np.float32(max(float(np.diff(train_values).std()), 1e-6))  # scale of steps, not of levels
+        return Prepared(data, task, form, split, X, y, np.float32(0.0), std, window=window, horizon=horizon)
+    features = arrange(data, form)
+    split = split_indices(len(features), data.y, config.split.val, config.split.test, config.seed,
+                          stratify=task in ("multiclass", "binary"))
+    X = {p: features[getattr(split, p)] for p in PARTS}
+    y = {p: data.y[getattr(split, p)] for p in PARTS}
+    x_mean, x_std = standardization(X["train"], form)
+    prepared = Prepared(data, task, form, split, X, y, x_mean, x_std)
+    if task == "regression":
+        prepared.y_mean, prepared.y_std = float(y["train"].mean()), float(y["train"].std()) or 1.0
+    return prepared
+
+
+def out_features(prepared: Prepared) -> int | None:
+    task = prepared.task
+    if task in ("multiclass", "generation"):
+        return len(prepared.labels)
+    if task in ("binary", "regression"):
+        return 1
+    if task == "forecasting":
+        return prepared.horizon
+    return None
+
+
+def build_network(config: RunConfig, prepared: Prepared) -> tuple[Network, dict]:
+    """The network for a run, and the architecture's full hyperparameters (with the data's sizes)."""
+    sample_shape = list(prepared.X["train"].shape[1:])
+    if prepared.data.kind == "series":
+        sample_shape = [prepared.window, 1]
+    hyper = architectures.resolve_hyper(config.arch, config.model, sample_shape, out_features(prepared))
+    body = architectures.build(config.arch, hyper)
+    network = Network(body, torch.from_numpy(np.asarray(prepared.x_mean)), torch.from_numpy(np.asarray(prepared.x_std)),
+                      prepared.y_mean, prepared.y_std, series=prepared.data.kind == "series")
+    return network, hyper
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}; valid optimizers are {list(OPTIMIZERS)}")
+
+
+def make_schedule(cfg: ScheduleConfig, optimizer, epochs: int, maximize: bool):
+    if cfg.name == "none":
+        return None
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if cfg.name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max" if maximize else "min",
+                                                          factor=cfg.factor, patience=cfg.patience)
+    raise ValueError(f"unknown schedule {cfg.name!r}; valid schedules are {list(SCHEDULES)}")
 
 
 def library_versions() -> dict[str, str]:
@@ -46,112 +163,273 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
-def network_hyper(config: RunConfig, data: Dataset) -> dict:
-    """The architecture's hyperparameters with the sizes the data dictates filled in."""
-    return {"in_features": int(data.X.shape[1]), "out_features": len(data.labels), **config.model}
+def batched(fn: Callable, X: np.ndarray):
+    """Apply `fn` to X in chunks and concatenate the outputs (tuples element-wise)."""
+    outs = [fn(X[i:i + EVAL_BATCH]) for i in range(0, len(X), EVAL_BATCH)]
+    if isinstance(outs[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return np.concatenate(outs)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
-    """Loss and accuracy of a classifier on one split."""
-    model.eval()
-    logits = model(X)
-    return {"loss": float(loss_fn(logits, y)), "accuracy": int((logits.argmax(-1) == y).sum()) / len(y)}
+def torch_predictor(model: nn.Module) -> Callable[[np.ndarray], np.ndarray | tuple]:
+    """numpy in, numpy out, through a torch module in eval mode without gradients."""
+
+    def predict(X: np.ndarray):
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(X)))
+        return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
+
+    return predict
 
 
-def prepare(config: RunConfig) -> tuple[Dataset, Split]:
-    """The dataset and its split, exactly as the run (and later its export) sees them."""
-    data = load_dataset(config.dataset)
-    return data, split_dataset(data, config.split.val, config.split.test, config.seed)
+def evaluate_split(network: Network, prepared: Prepared, part: str, loss) -> dict[str, float]:
+    """Loss (training units) and the task's metrics (data units) on one split."""
+    task = prepared.task
+    X, y = prepared.X[part], prepared.y[part]
+    network.eval()
+    with torch.no_grad():
+        xt = torch.from_numpy(X)
+        yt = None if y is None else torch.from_numpy(y)
+        value = float(loss(network(xt), training_target(task, network, xt, yt)))
+    outputs = batched(torch_predictor(ServedModel(network, task)), X)
+    return {"loss": value, **compute_metrics(task, outputs, y)}
 
 
-def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print) -> dict:
-    """Train `config` into the run folder `out`; return the summary (also written to summary.json)."""
+def test_metrics(task: str, predict: Callable, prepared: Prepared, eval_cfg: dict, seed: int) -> dict[str, float]:
+    """Headline test metrics through `predict` (torch or ONNX Runtime: the same function scores both)."""
+    outputs = batched(predict, prepared.X["test"])
+    metrics = compute_metrics(task, outputs, prepared.y["test"])
+    if task == "anomaly":
+        metrics.update(anomaly_metrics(predict, prepared, eval_cfg, seed))
+    return metrics
+
+
+def noisy_copy(X: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """The same samples with heavy Gaussian noise, clipped to the data's range (the anomalies to find)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(X + rng.normal(0, noise, X.shape), X.min(), X.max()).astype(np.float32)
+
+
+def anomaly_metrics(predict: Callable, prepared: Prepared, eval_cfg: dict, seed: int) -> dict[str, float]:
+    """Threshold from the training reconstruction errors; ROC AUC of clean test samples against noisy ones."""
+    from sklearn.metrics import roc_auc_score
+
+    quantile = float(eval_cfg.get("quantile", 0.99))
+    noise = float(eval_cfg.get("noise", 4.0))
+    train_scores = batched(predict, prepared.X["train"])[1]
+    threshold = float(np.quantile(train_scores, quantile))
+    clean = batched(predict, prepared.X["test"])[1]
+    noisy = batched(predict, noisy_copy(prepared.X["test"], noise, seed))[1]
+    scores = np.concatenate([clean, noisy])
+    truth = np.concatenate([np.zeros(len(clean)), np.ones(len(noisy))])
+    return {"roc_auc": float(roc_auc_score(truth, scores)), "threshold": threshold,
+            "clean_flagged": float((clean > threshold).mean()), "noisy_flagged": float((noisy > threshold).mean())}
+
+
+class Progress:
+    """A tqdm bar per epoch over its batches (stderr), or nothing when quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def bar(self, total: int, epoch: int, epochs: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", leave=False, disable=self.quiet,
+                    file=sys.stderr, dynamic_ncols=True)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+
+
+def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet: bool = True,
+        resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train `config` into the run folder `out`; return the summary (also written to summary.json).
+
+    `stop_after` ends the run after that many epochs without finishing it (as if killed), for tests.
+    """
+    if config.arch == "gan":
+        from training.gan import fit_gan
+
+        return fit_gan(config, out, log=log, quiet=quiet, resume=resume, stop_after=stop_after)
     started = time.perf_counter()
+    if config.train.epochs < 1:
+        raise ValueError(f"train.epochs: expected at least 1, got {config.train.epochs}")
     torch.manual_seed(config.seed)
-    data, split = prepare(config)
-    if data.task != "multiclass":
-        raise ValueError(f"dataset {config.dataset!r} has task {data.task!r}; this trainer handles multiclass")
-    X, y = torch.from_numpy(data.X), torch.from_numpy(data.y)
-    X_train, y_train = X[split.train], y[split.train]
-    X_val, y_val = X[split.val], y[split.val]
-    mean, std = standardization(data.X[split.train])
-    hyper = network_hyper(config, data)
-    model = build_network(config.arch, hyper, torch.from_numpy(mean), torch.from_numpy(std))
-    optimizer = make_optimizer(config.optimizer, model.parameters())
-    loss_fn = nn.CrossEntropyLoss()
+    prepared = prepare(config)
+    task = prepared.task
+    network, hyper = build_network(config, prepared)
+    optimizer = make_optimizer(config.optimizer, network.parameters())
+    monitor = config.train.monitor
+    maximize = higher_is_better(monitor)
+    schedule = make_schedule(config.schedule, optimizer, config.train.epochs, maximize)
+    loss = loss_fn(task)
+    generator = torch.Generator().manual_seed(config.seed)
+    state = {"epoch": 0, "best": -math.inf if maximize else math.inf, "best_epoch": 0, "stale": 0}
 
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {**config.to_dict(), "network": hyper, "task": data.task, "labels": data.labels,
-                "config_sha256": config.sha256()}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    generator = torch.Generator().manual_seed(config.seed)
-    best, best_epoch, stale = -1.0, 0, 0
+    write_resolved_config(config, prepared, hyper, out)
+    if resume and (out / "last.pt").exists():
+        checkpoint = torch.load(out / "last.pt", weights_only=True)
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        generator.set_state(checkpoint["rng"]["generator"])
+        state = checkpoint["state"]
+        log(f"resuming {out} after epoch {state['epoch']}")
+    history = read_history(out, state["epoch"])
+
+    X_train = torch.from_numpy(prepared.X["train"])
+    y_train = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"])
+    progress = Progress(quiet)
     batch = config.train.batch_size
+    epochs_this_call = 0
     with open(out / "metrics.jsonl", "w") as metrics_file:
-        for epoch in range(1, config.train.epochs + 1):
-            model.train()
+        for row in history:
+            metrics_file.write(json.dumps(row) + "\n")
+        for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
+            if state["stale"] and config.train.patience and state["stale"] >= config.train.patience:
+                break
+            network.train()
             order = torch.randperm(len(X_train), generator=generator)
             total, seen = 0.0, 0
-            for i in range(0, len(order), batch):
-                idx = order[i:i + batch]
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(X_train[idx]), y_train[idx])
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-            val = evaluate(model, X_val, y_val, loss_fn)
-            row = {"epoch": epoch, "train_loss": total / seen, "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"]}
+            with progress.bar(math.ceil(len(order) / batch), epoch, config.train.epochs) as bar:
+                for i in range(0, len(order), batch):
+                    idx = order[i:i + batch]
+                    xb = X_train[idx]
+                    target = training_target(task, network, xb, None if y_train is None else y_train[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    value = loss(network(xb), target)
+                    value.backward()
+                    if config.train.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
+                    optimizer.step()
+                    total += value.item() * len(idx)
+                    seen += len(idx)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total / seen:.4f}")
+            val = evaluate_split(network, prepared, "val", loss)
+            row = {"epoch": epoch, "train_loss": total / seen, **{f"val_{k}": v for k, v in val.items()},
+                   "lr": optimizer.param_groups[0]["lr"]}
+            if monitor not in row:
+                raise ValueError(f"train.monitor: {monitor!r} is not measured for task {task!r}; "
+                                 f"choose one of {sorted(k for k in row if k.startswith('val_'))}")
+            current = row[monitor]
+            improved = current > state["best"] if maximize else current < state["best"]
+            if improved:
+                state.update(best=current, best_epoch=epoch, stale=0)
+                torch.save(network.state_dict(), out / "best.pt")
+            else:
+                state["stale"] += 1
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.step(current)
+            elif schedule is not None:
+                schedule.step()
+            state["epoch"] = epoch
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            improved = val["accuracy"] > best
-            if improved:
-                best, best_epoch, stale = val["accuracy"], epoch, 0
-                torch.save(model.state_dict(), out / "best.pt")
-            else:
-                stale += 1
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                       out / "last.pt")
+            torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict() if schedule is not None else {},
+                        "rng": _rng_state(generator), "state": state}, out / "last.pt")
             log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {row['train_loss']:.4f}  "
-                f"val_loss {val['loss']:.4f}  val_accuracy {val['accuracy']:.4f}{'  *' if improved else ''}")
-            if config.train.patience and stale >= config.train.patience:
-                log(f"early stop: no better val_accuracy for {stale} epochs")
+                + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+                + ("  *" if improved else ""))
+            epochs_this_call += 1
+            if stop_after is not None and epochs_this_call >= stop_after:
+                return {}
+            if config.train.patience and state["stale"] >= config.train.patience:
+                log(f"early stop: no better {monitor} for {state['stale']} epochs")
                 break
 
-    model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
-    test = evaluate(model, X[split.test], y[split.test], loss_fn)
-    summary = {
-        "name": config.name,
-        "dataset": data.name,
-        "dataset_description": data.description,
-        "task": data.task,
-        "split": split.describe(),
-        "seed": config.seed,
-        "best_epoch": best_epoch,
-        "epochs_run": epoch,
-        "metrics": {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": best},
-        "library_versions": library_versions(),
-        "train_seconds": round(time.perf_counter() - started, 3),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m training", *sys.argv[1:]]),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"test_accuracy {test['accuracy']:.4f}  (best epoch {best_epoch}; run folder {out})")
+    network.load_state_dict(torch.load(out / "best.pt", weights_only=True))
+    served = ServedModel(network, task)
+    test = test_metrics(task, torch_predictor(served), prepared, config.eval, config.seed)
+    val = evaluate_split(network, prepared, "val", loss)
+    summary = finish_run(config, prepared, out, started, state, test, {f"val_{k}": v for k, v in val.items()})
+    from training.plots import plot_run
+
+    plot_run(out, prepared, served, config)
+    log(format_result(summary))
     return summary
 
 
+def write_resolved_config(config: RunConfig, prepared: Prepared, hyper: dict, out: Path) -> dict:
+    resolved = {**config.to_dict(), "network": hyper, "resolved_task": prepared.task, "form": prepared.form,
+                "series": prepared.data.kind == "series", "labels": prepared.labels,
+                "config_sha256": config.sha256()}
+    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    return resolved
+
+
+def read_history(out: Path, last_epoch: int) -> list[dict]:
+    """Epoch rows already written, up to `last_epoch` (a killed run may have written one more)."""
+    path = out / "metrics.jsonl"
+    if last_epoch == 0 or not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= last_epoch]
+
+
+def finish_run(config: RunConfig, prepared: Prepared, out: Path, started: float, state: dict,
+               test: dict, val: dict) -> dict:
+    from training.baselines import best_baseline
+
+    spec = TASK_SPECS[prepared.task]
+    baseline = best_baseline(prepared, config)
+    summary = {
+        "name": config.name,
+        "dataset": prepared.data.name,
+        "dataset_description": prepared.data.description,
+        "task": prepared.task,
+        "split": prepared.split.describe(),
+        "seed": config.seed,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "headline_metric": spec.metric,
+        "metrics": {**{f"test_{k}": v for k, v in test.items()}, **val},
+        "baseline": baseline,
+        "library_versions": library_versions(),
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_result(summary: dict) -> str:
+    metric = summary["headline_metric"]
+    line = f"{summary['name']}: test {metric} {summary['metrics'][f'test_{metric}']:.4f}"
+    if summary.get("baseline"):
+        line += f"  (best baseline {summary['baseline']['name']}: {summary['baseline']['value']:.4f})"
+    return line
+
+
 def load_trained(run_dir: Path) -> tuple[dict, dict, nn.Module]:
-    """(config.json, summary.json, the best model in eval mode) of a finished run."""
+    """(config.json, summary.json, the best network in eval mode) of a finished run."""
     run_dir = Path(run_dir)
     try:
         resolved = json.loads((run_dir / "config.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
     except FileNotFoundError as exc:
         raise ValueError(f"{run_dir} is not a finished run folder: {Path(exc.filename).name} is missing") from None
-    zeros = torch.zeros(resolved["network"]["in_features"])
-    model = build_network(resolved["arch"], resolved["network"], zeros, torch.ones_like(zeros))
-    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True))
-    model.eval()
-    return resolved, summary, model
+    state = torch.load(run_dir / "best.pt", weights_only=True)
+    if resolved["arch"] == "gan":
+        from training.gan import load_generator
+
+        return resolved, summary, load_generator(resolved, state)
+    body = architectures.build(resolved["arch"], resolved["network"])
+    network = Network(body, state["x_mean"], state["x_std"], state["y_mean"], state["y_std"],
+                      series=resolved["series"])
+    network.load_state_dict(state)
+    network.eval()
+    return resolved, summary, network
+
+
+def config_of(resolved: dict) -> RunConfig:
+    """The RunConfig inside a resolved config.json."""
+    return RunConfig.from_dict({k: v for k, v in resolved.items()
+                                if k not in RESOLVED_EXTRAS})

@@ -12,21 +12,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import start_server
-from training.architectures.layers import OutputHead
-from training.config import RunConfig
-from training.trainer import load_trained, prepare
+from training.tasks import ServedModel
+from training.trainer import config_of, load_trained, prepare
 
 
 @pytest.fixture(scope="module")
 def test_samples(trained_run):
     """64 samples of the run's own test split, and the torch model's probabilities for them."""
     resolved, _, network = load_trained(trained_run)
-    config = RunConfig.from_dict({k: v for k, v in resolved.items()
-                                  if k not in ("network", "task", "labels", "config_sha256")})
-    data, split = prepare(config)
-    X = data.X[split.test][:64]
+    X = prepare(config_of(resolved)).X["test"][:64]
     with torch.no_grad():
-        probs = OutputHead(network, "multiclass").eval()(torch.from_numpy(X)).numpy()
+        probs = ServedModel(network, "multiclass").eval()(torch.from_numpy(X)).numpy()
     return X, probs
 
 

@@ -17,8 +17,8 @@ from service import artifact
 from service.runtime import load_model
 from tests.conftest import FAST_EPOCHS, ROOT
 from training.config import apply_overrides, load_config
-from training.export import ExportError, export_run, verify
-from training.trainer import fit, load_trained
+from training.export import ExportError, export_run, plan_export, verify
+from training.trainer import config_of, fit, load_trained, prepare
 
 
 def test_run_folder_is_complete(trained_run):
@@ -50,7 +50,7 @@ def test_export_embeds_the_metadata_and_verifies(exported_repo):
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][0]  # symbolic batch dim
     assert model.opset_import[0].version == 20
     parity = meta["export"]["parity"]
-    assert [b["batch"] for b in parity["batches"]] == [1, 3, 64] and parity["max_abs_diff"] <= 1e-5
+    assert [c["input_shapes"][0][0] for c in parity["checks"]] == [1, 3, 64] and parity["max_abs_diff"] <= 1e-5
     metrics = meta["training"]["metrics"]
     assert abs(metrics["onnx_test_accuracy"] - metrics["test_accuracy"]) <= 0.001
     assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx"]
@@ -70,19 +70,15 @@ def test_the_service_loads_the_export(exported_repo):
 
 
 def test_verify_reports_every_mismatch(trained_run):
-    """An exported graph checked against a different torch model fails on values, all batches reported."""
-    exported, _, summary = export_run(trained_run)
+    """An exported graph checked against a different torch model fails on values, every shape reported."""
+    exported, resolved, summary = export_run(trained_run)
     _, _, other = load_trained(trained_run)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.5)
-    from training.architectures.layers import OutputHead
-
-    X = np.random.default_rng(0).uniform(0, 16, (50, 64)).astype(np.float32)
-    _, _, problems = verify(exported.model, OutputHead(other, "multiclass"), X, np.zeros(50, np.int64),
-                            "probabilities", 1e-5, summary["metrics"]["test_accuracy"])
-    assert sum("exceeds atol" in p for p in problems) == 3
-    assert any(p.startswith("test accuracy") for p in problems)
+    plan = plan_export(resolved, summary, other, prepare(config_of(resolved)))
+    _, _, problems = verify(exported.model, plan)
+    assert sum("exceeds atol" in p for p in problems) == 3, problems
 
 
 def test_failed_check_publishes_nothing(trained_run, tmp_path):

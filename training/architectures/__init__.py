@@ -1,15 +1,25 @@
-"""The registry of architectures: name -> spec (config class, module class, export settings)."""
+"""The registry of architectures: name -> spec (config class, module class, input form, tasks, export settings).
+
+The trainer fills in the sizes the data dictates (`resolve_hyper`); the exporter reads the export settings
+(see ../shared/reference/export-notes.md for why the Elman RNN uses the TorchScript exporter).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
-from training.architectures.layers import Standardize
+from training.architectures.autoencoder import Autoencoder, AutoencoderConfig
+from training.architectures.cnn import CNN, CNNConfig
+from training.architectures.gan import GANConfig, Generator
 from training.architectures.mlp import MLP, MLPConfig
+from training.architectures.recurrent import RecurrentConfig, RecurrentNet
+from training.architectures.transformer import TransformerConfig, TransformerNet
+
+SUPERVISED = ("multiclass", "binary", "regression")
 
 
 @dataclass(frozen=True)
@@ -19,12 +29,37 @@ class ArchSpec:
     config_cls: type
     module_cls: type
     tasks: tuple[str, ...]
-    dynamo: bool = True  # the legacy TorchScript exporter where dynamo cannot keep dims dynamic (Elman RNN)
+    form: str | Callable[[dict], str]  # table, image or sequence (a function when the config decides)
+    sizes: Callable[[list[int], int | None], dict]  # data sizes -> config fields
+    fixed: tuple[tuple[str, Any], ...] = ()  # config fields the name decides (rnn/lstm/gru share a class)
+    dynamo: bool = True  # False: the TorchScript exporter (Elman RNN: dynamo freezes its sequence length)
+    dynamic_sequence: bool = False  # export with a dynamic sequence length too
     atol: float = 1e-5  # export parity tolerance
 
 
+def _recurrent(cell: str, dynamo: bool) -> ArchSpec:
+    return ArchSpec(RecurrentConfig, RecurrentNet, SUPERVISED + ("forecasting",), "sequence",
+                    lambda shape, out: {"input_size": shape[-1], "out_features": out},
+                    fixed=(("cell", cell),), dynamo=dynamo, dynamic_sequence=True)
+
+
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "mlp": ArchSpec(MLPConfig, MLP, tasks=("multiclass", "binary", "regression")),
+    "mlp": ArchSpec(MLPConfig, MLP, SUPERVISED, "table",
+                    lambda shape, out: {"in_features": shape[0], "out_features": out}),
+    "cnn": ArchSpec(CNNConfig, CNN, SUPERVISED, "image",
+                    lambda shape, out: {"in_channels": shape[0], "image_size": shape[1], "out_features": out}),
+    "rnn": _recurrent("rnn", dynamo=False),
+    "lstm": _recurrent("lstm", dynamo=True),
+    "gru": _recurrent("gru", dynamo=True),
+    "transformer": ArchSpec(TransformerConfig, TransformerNet, SUPERVISED + ("forecasting",), "sequence",
+                            lambda shape, out: {"input_size": shape[-1], "out_features": out},
+                            dynamic_sequence=True),
+    "autoencoder": ArchSpec(AutoencoderConfig, Autoencoder, ("anomaly",),
+                            lambda model: "image" if model.get("kind") == "conv" else "table",
+                            lambda shape, out: ({"in_channels": shape[0], "image_size": shape[1]} if len(shape) == 3
+                                                else {"in_features": shape[0]})),
+    "gan": ArchSpec(GANConfig, Generator, ("generation",), "image",
+                    lambda shape, out: {"channels": shape[0], "image_size": shape[1], "num_classes": out}),
 }
 
 
@@ -35,11 +70,30 @@ def get_arch(name: str) -> ArchSpec:
         raise ValueError(f"unknown architecture {name!r}; valid architectures are {sorted(ARCHITECTURES)}") from None
 
 
-def build_network(arch: str, hyper: dict[str, Any], mean, std) -> nn.Module:
-    """Preprocessing followed by the architecture's network; `hyper` fills its *Config dataclass."""
+def input_form(arch: str, model: dict) -> str:
+    """How the architecture takes its input: table [B, F], image [B, C, H, W] or sequence [B, T, F]."""
+    form = get_arch(arch).form
+    return form(model) if callable(form) else form
+
+
+def resolve_hyper(arch: str, model: dict, sample_shape: list[int], out_features: int | None) -> dict:
+    """The architecture's config fields: the user's values plus the sizes the data dictates."""
     spec = get_arch(arch)
     valid = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = sorted(set(hyper) - valid)
+    decided = {**spec.sizes(sample_shape, out_features), **dict(spec.fixed)}
+    unknown = sorted(set(model) - valid)
     if unknown:
-        raise ValueError(f"model: unknown key(s) {unknown} for architecture {arch!r}; valid keys are {sorted(valid)}")
-    return nn.Sequential(Standardize(mean, std), spec.module_cls(spec.config_cls(**hyper)))
+        raise ValueError(f"model: unknown key(s) {unknown} for architecture {arch!r}; valid keys are "
+                         f"{sorted(valid - set(decided))}")
+    clash = sorted(k for k in set(model) & set(decided) if model[k] != decided[k])
+    if clash:
+        raise ValueError(f"model: {clash} are set by the data or the architecture name for {arch!r}; "
+                         f"remove them (they would be {[decided[k] for k in clash]})")
+    hyper = {**model, **{k: v for k, v in decided.items() if k in valid}}
+    return dataclasses.asdict(spec.config_cls(**hyper))
+
+
+def build(arch: str, hyper: dict) -> nn.Module:
+    """The architecture's module from its full hyperparameters (as resolve_hyper returns them)."""
+    spec = get_arch(arch)
+    return spec.module_cls(spec.config_cls(**hyper))

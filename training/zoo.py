@@ -1,0 +1,87 @@
+"""The zoo: the shipped models, each trained from its config in training/configs/, with a results table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from training.config import CONFIG_DIR, load_config
+
+ZOO = ("digits-mlp", "digits-cnn", "digits-transformer", "breast-cancer-mlp", "diabetes-mlp", "co2-lstm",
+       "sunspots-gru", "sunspots-rnn", "digits-autoencoder", "digits-gan")
+# Quality bars of the zoo on each model's test split (the headline metric, and extra ones where given).
+TARGETS = {
+    "digits-mlp": {"accuracy": 0.97}, "digits-cnn": {"accuracy": 0.98}, "digits-transformer": {"accuracy": 0.96},
+    "breast-cancer-mlp": {"accuracy": 0.96, "roc_auc": 0.99}, "diabetes-mlp": {"r2": 0.45},
+    "digits-autoencoder": {"roc_auc": 0.95}, "digits-gan": {"judge_accuracy": 0.80},
+}
+
+
+def target_met(name: str, summary: dict) -> bool:
+    """Whether a zoo run meets its bar (for series: beat every naive forecast on MAE)."""
+    metrics = summary["metrics"]
+    if summary["task"] == "forecasting":
+        return all(metrics["test_mae"] < value for value in summary["baseline"]["all"].values())
+    return all(metrics[f"test_{k}"] >= v for k, v in TARGETS.get(name, {}).items())
+
+
+def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for name, summary in results.items():
+        metric = summary["headline_metric"]
+        baseline = summary.get("baseline")
+        rows.append([name, metric, f"{summary['metrics'][f'test_{metric}']:.4f}",
+                     baseline["name"] if baseline else "-", f"{baseline['value']:.4f}" if baseline else "-",
+                     "yes" if target_met(name, summary) else "NO", f"{summary['train_seconds']:.0f}"])
+    return rows
+
+
+HEADER = ["model", "metric", "value", "baseline", "baseline value", "target met", "train s"]
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*HEADER), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
+def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None] = print,
+            quiet: bool = True, models: Path | None = None) -> dict[str, dict]:
+    """Train the zoo models (all, or `names`) into out/<name>/; write zoo.json and zoo.md; return summaries.
+
+    With `models`, each run is also exported, verified and published there as the model's next version.
+    """
+    from training.trainer import fit
+
+    names = list(names or ZOO)
+    unknown = sorted(set(names) - set(ZOO))
+    if unknown:
+        raise ValueError(f"unknown zoo model(s) {unknown}; the zoo is {list(ZOO)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    started = time.perf_counter()
+    for name in names:
+        log(f"== {name}")
+        results[name] = fit(load_config(CONFIG_DIR / f"{name}.toml"), out / name, log=log if not quiet else
+                            (lambda _m: None), quiet=quiet)
+        log(f"   {text_table(table_rows({name: results[name]})).splitlines()[-1]}")
+        if models is not None:
+            from training.export import export_run, publish
+
+            exported, resolved, summary = export_run(out / name)
+            version, path = publish(exported, resolved, summary, name, models)
+            log(f"   published {name} version {version} at {path} (max |onnx - torch| "
+                f"{exported.parity['max_abs_diff']:.1e})")
+    rows = table_rows(results)
+    (out / "zoo.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "zoo.md").write_text(markdown_table(rows))
+    log(text_table(rows))
+    log(f"zoo trained in {time.perf_counter() - started:.0f} s; table in {out / 'zoo.md'}")
+    return results
