@@ -22,8 +22,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
+    parser.add_argument("--max-batch-size", type=int, help="largest batch in one request (default 256)")
+    parser.add_argument("--poll-seconds", type=float, help="rescan the repository this often for new versions (default 0: off)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     return parser.parse_args(argv)
+
+
+def remove_at_exit(path: str) -> None:
+    """Delete `path` when this process exits, but not when a forked worker (which inherits atexit) does."""
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
 
 
 def prepare_multiprocess_dir() -> str:
@@ -36,7 +44,7 @@ def prepare_multiprocess_dir() -> str:
     else:
         path = tempfile.mkdtemp(prefix="nnserve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-        atexit.register(shutil.rmtree, path, True)
+        remove_at_exit(path)
     return path
 
 
@@ -52,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"python -m service: {exc}") from None
     if not settings.models.is_dir():
         raise SystemExit(f"python -m service: model repository {settings.models} is not a folder")
+    if not settings.state_dir:  # shared by the workers for load/unload calls
+        settings.state_dir = tempfile.mkdtemp(prefix="nnserve-state-")
+        remove_at_exit(settings.state_dir)
     run(settings)
 
 

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import rest
 from service.dataplane import DataPlane
+from service.control import Control
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; models load in the background (or before returning, if background_load is off)."""
     settings = settings or Settings.from_env()
     metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-    registry = ModelRegistry(settings, metrics)
+    registry = ModelRegistry(settings, metrics, Control(settings.state_dir) if settings.state_dir else None)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -37,10 +38,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         return response
 
-    if settings.background_load:
-        threading.Thread(target=registry.load_all, name="model-loader", daemon=True).start()
-    else:
+    def load_then_watch() -> None:
         registry.load_all()
+        registry.start_watching()
+
+    if settings.background_load:
+        threading.Thread(target=load_then_watch, name="model-loader", daemon=True).start()
+    else:
+        load_then_watch()
     return app
 
 
@@ -49,7 +54,10 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        return rest.json_response({"error": exc.message}, exc.status_code)
+        response = rest.json_response({"error": exc.message}, exc.status_code)
+        if exc.status_code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="nnserve repository"'
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -127,11 +127,22 @@ def validate_metadata(meta: Any) -> list[str]:
                 problems.append(f"training.metrics: expected an object of finite numbers, got {metrics!r:.80}")
     files = meta.get("files")
     if files is not None:
-        entry = files.get(MODEL_FILENAME) if isinstance(files, dict) else None
-        if not isinstance(entry, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))) \
-                or not isinstance(entry.get("bytes"), int):
-            problems.append(f"files.{MODEL_FILENAME}: expected {{'sha256': <64 hex>, 'bytes': <int>}}, got {entry!r:.80}")
+        if not isinstance(files, dict) or MODEL_FILENAME not in files:
+            problems.append(f"files: expected an object with an entry for {MODEL_FILENAME}, got {files!r:.80}")
+        else:
+            for filename, entry in files.items():
+                if not _is_safe_relative(filename) or filename == METADATA_FILENAME:
+                    problems.append(f"files: {filename!r:.80} is not a file name inside the version folder")
+                elif not isinstance(entry, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))) \
+                        or not isinstance(entry.get("bytes"), int):
+                    problems.append(f"files.{filename}: expected {{'sha256': <64 hex>, 'bytes': <int>}}, "
+                                    f"got {entry!r:.80}")
     return problems
+
+
+def _is_safe_relative(filename: Any) -> bool:
+    parts = filename.split("/") if isinstance(filename, str) else []
+    return bool(parts) and all(is_valid_name(part) for part in parts)
 
 
 def check_metadata(meta: Any, source: str = "metadata") -> dict:
@@ -179,14 +190,35 @@ def read_metadata(version_dir: Path) -> dict:
     return meta
 
 
-def verify_model_bytes(meta: dict, data: bytes) -> list[str]:
-    """Problems with `data` as the model.onnx that `meta` describes (size and hash)."""
-    entry = meta["files"][MODEL_FILENAME]
+def verify_model_bytes(meta: dict, data: bytes, filename: str = MODEL_FILENAME) -> list[str]:
+    """Problems with `data` as the file `filename` that `meta` describes (size and hash)."""
+    entry = meta["files"][filename]
     if len(data) != entry["bytes"]:
-        return [f"{MODEL_FILENAME}: expected {entry['bytes']} bytes, found {len(data)} (cut short or replaced?)"]
+        return [f"{filename}: expected {entry['bytes']} bytes, found {len(data)} (cut short or replaced?)"]
     if sha256_bytes(data) != entry["sha256"]:
-        return [f"{MODEL_FILENAME}: sha256 does not match metadata.json"]
+        return [f"{filename}: sha256 does not match metadata.json"]
     return []
+
+
+def file_entries(files: dict[str, bytes]) -> dict[str, dict]:
+    """The `files` section of metadata.json for the files of a version (all but metadata.json itself)."""
+    return {name: {"sha256": sha256_bytes(data), "bytes": len(data)}
+            for name, data in sorted(files.items()) if name != METADATA_FILENAME}
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write beside, fsync, then rename over `path`, so a reader sees the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def list_versions(model_dir: Path) -> list[int]:
@@ -225,13 +257,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, bytes]]) -> tuple[int, Path]:
+def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, bytes]],
+                    model_files: Callable[[int], dict[str, bytes]] | None = None) -> tuple[int, Path]:
     """Publish the next version of `name` atomically and return (version, folder).
 
     `build(version)` returns the files of that version as {filename: bytes}; it must include model.onnx and
     metadata.json. They are written and fsynced into a dot-folder inside the model's folder, which is then
     renamed to the version number, so a reader sees either no version or a whole one. Publishers of the same
-    model are serialised by a lock file, so two of them never race for one number.
+    model are serialised by a lock file, so two of them never race for one number. `model_files(version)`
+    returns files of the model's own folder (Triton's config.pbtxt), each replaced atomically after the rename.
     """
     if not is_valid_name(name):
         raise ValueError(f"invalid model name {name!r}")
@@ -240,8 +274,8 @@ def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, byte
     with _publish_lock(model_dir):
         # Holding the lock, any in-progress folder is a leftover of a killed publisher.
         for entry in os.scandir(model_dir):
-            if entry.is_dir() and entry.name.startswith(TMP_PREFIX):
-                shutil.rmtree(entry.path, ignore_errors=True)
+            if entry.name.startswith(TMP_PREFIX):
+                (shutil.rmtree if entry.is_dir() else os.unlink)(entry.path)
         versions = list_versions(model_dir)
         version = (versions[-1] + 1) if versions else 1
         files = build(version)
@@ -251,6 +285,7 @@ def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, byte
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_dir))
         try:
             for filename, data in files.items():
+                (tmp / filename).parent.mkdir(parents=True, exist_ok=True)  # e.g. plots/curves.png
                 with open(tmp / filename, "wb") as fh:
                     fh.write(data)
                     fh.flush()
@@ -263,4 +298,6 @@ def publish_version(repo: Path, name: str, build: Callable[[int], dict[str, byte
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        for filename, data in (model_files(version) if model_files else {}).items():
+            write_file_atomically(model_dir / filename, data)
     return version, final

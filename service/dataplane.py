@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from service import __version__
-from service.errors import ServiceError
+from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
 from service.protocol import decode_infer_request, encode_infer_response
 from service.registry import ModelRegistry
 from service.settings import Settings
 
-EXTENSIONS = ["binary_tensor_data"]  # advertise only what is implemented
+EXTENSIONS = ["binary_tensor_data", "model_repository"]  # advertise only what is implemented
 
 
 class DataPlane:
@@ -39,6 +39,23 @@ class DataPlane:
         model = self.registry.get(name, version)  # raises ModelNotReady (503) or ModelNotFound (404)
         return {"name": model.name, "version": model.version_str, "ready": True}
 
+    def repository_index(self, ready_only: bool) -> list[dict]:
+        entries = self.registry.index()
+        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
+    def load_model(self, name: str) -> None:
+        """Load or reload a model; a failed version is reported, and what was serving keeps serving."""
+        states = self.registry.load(name)
+        failed = [s for s in states if s.state == "UNAVAILABLE"]
+        if failed:
+            serving = self.registry.versions(name)
+            raise BadRequest(f"failed to load model '{name}': " + "; ".join(
+                f"version {s.version}: {s.reason}" for s in failed)
+                + (f"; still serving version(s) {serving}" if serving else "; no version is serving"))
+
+    def unload_model(self, name: str) -> None:
+        self.registry.unload(name)
+
     def infer(self, name: str, version: str | None, body: bytes,
               header_length: int | None) -> tuple[bytes, int | None]:
         """Run one V2 inference request; return the response body and its binary header length, if any."""
@@ -49,7 +66,7 @@ class DataPlane:
         metrics.in_flight.inc()
         try:
             request = decode_infer_request(body, header_length)
-            feed = model.check_request(request)
+            feed = model.check_request(request, self.settings.max_batch_size)
             if request.outputs is None:
                 wanted = [(n, request.binary_default) for n in model.output_names]
             else:

@@ -50,6 +50,14 @@ class ModelNotReady(ServiceError):
         super().__init__(f"{what} is not ready: {reason}")
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

@@ -1,19 +1,27 @@
-"""The registry of loaded model versions: discovers the repository, loads versions, answers lookups."""
+"""The registry of loaded model versions: discovers the repository, loads and swaps versions, answers lookups.
+
+Loading follows Triton's poll mode at its best: a new version is built and warmed up beside the serving ones,
+then swapped in; a version that fails to load is recorded with its reason and whatever was serving stays.
+Readers see immutable snapshots, so an in-flight request finishes on the session it started with.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import artifact
+from service.control import Control
 from service.errors import BadRequest, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
 from service.runtime import LoadedModel, LoadError, load_model
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+CONTROL_CHECK_SECONDS = 0.2  # how often a worker looks at the shared control file (one stat call)
 
 
 @dataclass(frozen=True)
@@ -26,67 +34,191 @@ class VersionState:
     reason: str = ""
 
 
-class ModelRegistry:
-    """Loaded versions by model name. Readers see immutable snapshots; loads swap them in under a lock."""
+def _signature(version_dir: Path) -> tuple:
+    """Changes when a version's files change, so a failed version is retried only after it was fixed."""
+    try:
+        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(version_dir.iterdir()))
+    except OSError:
+        return ()
 
-    def __init__(self, settings: Settings, metrics: Metrics):
+
+class ModelRegistry:
+    """Loaded versions by model name, kept in step with the repository and the shared control state."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, control: Control | None = None):
         self.settings = settings
         self.metrics = metrics
+        self.control = control
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._states: dict[tuple[str, int], VersionState] = {}
-        self._lock = threading.Lock()
+        self._failed: dict[tuple[str, int], tuple] = {}  # version -> file signature when it failed
+        self._unloaded: set[str] = set()
+        self._lock = threading.Lock()  # guards the snapshots and states
+        self._reload_lock = threading.RLock()  # one reconcile at a time
         self._initial_load_done = threading.Event()
+        self._stop = threading.Event()
+        self._generation = 0
 
     # -- loading -------------------------------------------------------------------------------------------
-    def wanted_versions(self, name: str) -> list[int]:
-        """The versions of `name` that the version policy says to serve."""
-        versions = artifact.list_versions(self.settings.models / name)
-        latest = self.settings.parse_version_policy()
-        return versions if latest is None else versions[-latest:]
-
     def load_all(self) -> None:
         """Load every model the policy selects; failures are recorded, never raised."""
         try:
+            self._apply_control()
             for name in artifact.list_models(self.settings.models):
-                for version in self.wanted_versions(name):
-                    self.load_version(name, version)
+                self.reconcile(name)
         finally:
             self._initial_load_done.set()
+            if self.control is not None:
+                self.control.acknowledge(self._generation)
 
-    def load_version(self, name: str, version: int) -> bool:
-        """Load one version and swap it in; on failure keep whatever was serving and record why."""
+    def reconcile(self, name: str, retry_failed: bool = False) -> list[VersionState]:
+        """Bring `name` in line with the repository and the version policy; return its new states.
+
+        Versions are tried from the highest down until the policy's count of them is serving; one that fails
+        to load is skipped (the next lower one serves instead), so a bad new version never displaces a good one.
+        """
+        with self._reload_lock:
+            model_dir = self.settings.models / name
+            available = [] if name in self._unloaded else artifact.list_versions(model_dir)
+            wanted = self.settings.parse_version_policy() or len(available)
+            current = dict(self._models.get(name, {}))
+            keep: dict[int, LoadedModel] = {}
+            for version in sorted(available, reverse=True):
+                if len(keep) >= wanted:
+                    break
+                if version in current:
+                    keep[version] = current[version]
+                    continue
+                signature = _signature(model_dir / str(version))
+                if not retry_failed and self._failed.get((name, version)) == signature:
+                    continue  # failed before and unchanged since: do not retry on every poll
+                model = self._load(name, version, signature)
+                if model is not None:
+                    keep[version] = model
+            with self._lock:
+                models = dict(self._models)
+                if keep:
+                    models[name] = keep
+                else:
+                    models.pop(name, None)
+                self._models = models
+                for version in set(current) - set(keep):
+                    self._states.pop((name, version), None)
+            for version, model in current.items():
+                if version not in keep:
+                    self.metrics.model_loaded.labels(name, str(version), model.provider).set(0)
+                    log.info("unloaded %s version %s", name, version)
+            return [s for s in self.states() if s.name == name]
+
+    def _load(self, name: str, version: int, signature: tuple) -> LoadedModel | None:
         self._set_state(VersionState(name, version, "LOADING"))
         try:
             model = load_model(self.settings.models / name / str(version), self.settings.device,
                                self.settings.session_threads)
         except LoadError as exc:
             log.error("cannot load %s version %s: %s", name, version, exc)
+            self._failed[(name, version)] = signature
             self._set_state(VersionState(name, version, "UNAVAILABLE", str(exc)))
             self.metrics.load_failures.labels(name).inc()
-            return False
-        with self._lock:
-            versions = dict(self._models.get(name, {}))
-            versions[version] = model
-            self._models = {**self._models, name: versions}
-            self._states[(name, version)] = VersionState(name, version, "READY")
+            return None
+        self._failed.pop((name, version), None)
+        self._set_state(VersionState(name, version, "READY"))
         self.metrics.model_loaded.labels(name, str(version), model.provider).set(1)
-        return True
+        return model
 
     def _set_state(self, state: VersionState) -> None:
         with self._lock:
             self._states[(state.name, state.version)] = state
 
+    # -- repository extension ------------------------------------------------------------------------------
+    def load(self, name: str) -> list[VersionState]:
+        """Load or reload `name` (the repository extension's load): here, then in every other worker."""
+        if not (self.settings.models / name).is_dir():
+            raise ModelNotFound(name, available=artifact.list_models(self.settings.models))
+        with self._reload_lock:
+            self._unloaded.discard(name)
+            states = self.reconcile(name, retry_failed=True)
+            self._publish_change(name, unloaded=False)
+        return states
+
+    def unload(self, name: str) -> None:
+        """Stop serving every version of `name` until it is loaded again."""
+        if name not in self._models and not (self.settings.models / name).is_dir():
+            raise ModelNotFound(name, available=self.names())
+        with self._reload_lock:
+            self._unloaded.add(name)
+            self.reconcile(name)
+            self._publish_change(name, unloaded=True)
+
+    def _publish_change(self, name: str, unloaded: bool) -> None:
+        if self.control is None:
+            return
+        self._generation = self.control.change(name, unloaded)
+        self.control.acknowledge(self._generation)
+        behind = self.control.wait_for(self._generation, self.settings.startup_wait_seconds)
+        if behind:
+            log.warning("workers %s had not applied the change to %s after %s s", behind, name,
+                        self.settings.startup_wait_seconds)
+
+    def _apply_control(self) -> bool:
+        """Take in load/unload calls made on other workers; True when something changed."""
+        if self.control is None:
+            return False
+        state = self.control.read()
+        if state["generation"] == self._generation:
+            return False
+        self._unloaded = set(state["unloaded"])
+        self._generation = state["generation"]
+        return True
+
+    def watch(self) -> None:
+        """Background loop: follow the shared control file and, if polling is on, the repository."""
+        poll = self.settings.poll_seconds
+        last_poll = time.monotonic()
+        while not self._stop.wait(CONTROL_CHECK_SECONDS):
+            now = time.monotonic()
+            controlled = self._apply_control()
+            polled = poll > 0 and now - last_poll >= poll
+            if controlled or polled:
+                last_poll = now
+                try:
+                    names = set(artifact.list_models(self.settings.models)) | set(self._models)
+                    for name in sorted(names):
+                        self.reconcile(name, retry_failed=controlled)
+                except Exception:  # the watcher must survive a bad scan; the next one may succeed
+                    log.exception("repository scan failed")
+                if self.control is not None:
+                    self.control.acknowledge(self._generation)
+
+    def start_watching(self) -> None:
+        if self.control is not None or self.settings.poll_seconds > 0:
+            threading.Thread(target=self.watch, name="repository-watcher", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
     # -- queries -------------------------------------------------------------------------------------------
     def is_ready(self) -> bool:
-        """True when the initial load is over and every model it tried has a ready version."""
+        """True when the initial load is over and every model it tried (and not unloaded) has a ready version."""
         if not self._initial_load_done.is_set():
             return False
         models = self._models
-        return all(state.name in models for state in self.states())
+        return all(state.name in models for state in self.states() if state.name not in self._unloaded)
 
     def states(self) -> list[VersionState]:
         with self._lock:
             return sorted(self._states.values(), key=lambda s: (s.name, s.version))
+
+    def index(self) -> list[dict]:
+        """The repository index: every model in the repository, with each known version's state."""
+        states = self.states()
+        entries = [{"name": s.name, "version": str(s.version), "state": s.state, "reason": s.reason} for s in states]
+        known = {s.name for s in states}
+        for name in artifact.list_models(self.settings.models):
+            if name not in known:
+                reason = "unloaded by request" if name in self._unloaded else "no version loaded"
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
+        return sorted(entries, key=lambda e: (e["name"], int(e.get("version", 0))))
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -106,6 +238,8 @@ class ModelRegistry:
             self._initial_load_done.wait(self.settings.startup_wait_seconds)
             versions = self._models.get(name)
         if not versions:
+            if name in self._unloaded:
+                raise ModelNotReady(name, version, "it was unloaded")
             if not self._initial_load_done.is_set() and (self.settings.models / name).is_dir():
                 raise ModelNotReady(name, version)
             raise ModelNotFound(name, available=self.names())
@@ -120,3 +254,4 @@ class ModelRegistry:
                 raise ModelNotReady(name, version, f"it failed to load ({state.reason})")
             raise ModelNotFound(name, version, available=[str(v) for v in sorted(versions)])
         return model
+

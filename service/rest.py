@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from flask import Blueprint, Response, current_app, request
 
+from service import artifact
 from service.dataplane import DataPlane
-from service.errors import BadRequest, UnsupportedMediaType
+from service.errors import BadRequest, Forbidden, ModelNotFound, Unauthorized, UnsupportedMediaType
 from service.protocol import HEADER_LENGTH
 
 bp = Blueprint("v2", __name__)
@@ -74,6 +76,65 @@ def infer(name: str, version: str | None = None):
     if binary_header is not None:
         response.headers[HEADER_LENGTH] = str(binary_header)
     return response
+
+
+def _authorize() -> None:
+    """The repository calls change what is served: they need the operator's bearer token."""
+    token = _plane().settings.repository_token
+    if not token:
+        raise Forbidden("the model repository extension is disabled: the operator has not set "
+                        "NNSERVE_REPOSITORY_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("the repository extension needs the header 'Authorization: Bearer <token>' "
+                           "with the operator's token")
+
+
+def _json_body(optional: bool = True) -> dict:
+    body = request.get_data(cache=False)
+    if not body.strip() and optional:
+        return {}
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"request body: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@bp.post("/v2/repository/index")
+def repository_index():
+    _authorize()
+    ready = _json_body().get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequest(f"ready: expected a boolean, got {ready!r:.40}")
+    return json_response(_plane().repository_index(ready))
+
+
+def _model_name(name: str) -> str:
+    if not artifact.is_valid_name(name):
+        raise ModelNotFound(name[:128])
+    return name
+
+
+@bp.post("/v2/repository/models/<name>/load")
+def repository_load(name: str):
+    _authorize()
+    params = _json_body().get("parameters", {})
+    if isinstance(params, dict) and ("config" in params or any(k.startswith("file:") for k in params)):
+        raise BadRequest("loading a model from a config or files in the request is not supported; "
+                         "publish the version into the repository, then call load")
+    _plane().load_model(_model_name(name))
+    return json_response({})
+
+
+@bp.post("/v2/repository/models/<name>/unload")
+def repository_unload(name: str):
+    _authorize()
+    _json_body()
+    _plane().unload_model(_model_name(name))
+    return json_response({})
 
 
 @bp.get("/metrics")

@@ -77,7 +77,7 @@ class LoadedModel:
             },
         }
 
-    def check_request(self, request: InferRequest) -> dict[str, np.ndarray]:
+    def check_request(self, request: InferRequest, max_batch_size: int) -> dict[str, np.ndarray]:
         """Check every input against the metadata; return the feed, or raise InvalidInput with all problems."""
         problems = list(request.problems)
         feed: dict[str, np.ndarray] = {}
@@ -96,6 +96,9 @@ class LoadedModel:
                 problems.append(f"input '{tensor.name}': expected shape {spec['shape']}, got {tensor.shape}")
             elif tensor.shape and tensor.shape[0] == 0:
                 problems.append(f"input '{tensor.name}': batch size must be at least 1, got shape {tensor.shape}")
+            elif tensor.shape and tensor.shape[0] > max_batch_size:
+                problems.append(f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the maximum of "
+                                f"{max_batch_size}; split the request")
             if tensor.array is None or tensor.datatype != spec["datatype"]:
                 continue
             if tensor.array.dtype.kind == "f" and not np.isfinite(tensor.array).all():

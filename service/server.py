@@ -8,12 +8,15 @@ from gunicorn.app.base import BaseApplication
 from prometheus_client import multiprocess
 
 from service.app import create_app
+from service.control import Control
 from service.settings import Settings
 
 
 def _child_exit(server, worker) -> None:
-    # Drop the live gauges of a worker that is gone, so they stop counting in /metrics.
+    # Drop the live gauges of a worker that is gone, so they stop counting in /metrics, and its acknowledgements.
     multiprocess.mark_process_dead(worker.pid)
+    if worker.app.settings.state_dir:
+        Control(worker.app.settings.state_dir).forget(worker.pid)
 
 
 class Server(BaseApplication):

@@ -42,6 +42,8 @@ class Settings:
     """Which versions to serve: 'all' or 'latest:N' (the N highest); requests without a version get the highest."""
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body accepted; bigger bodies get 413."""
+    max_batch_size: int = 256
+    """Largest batch one request may carry (Triton's max_batch_size in the config.pbtxt that export writes)."""
     device: str = "auto"
     """ONNX Runtime device: auto (CUDA when available, else CPU), cpu, or cuda (refuse to start without it)."""
     ort_threads: int = 0
@@ -49,7 +51,14 @@ class Settings:
     background_load: bool = True
     """Load models in a background thread so liveness answers at once; readiness is 503 until done."""
     startup_wait_seconds: int = 30
-    """How long a request that arrives while its worker is still loading waits before a 503."""
+    """How long a request that arrives while its worker is still loading waits before a 503; also how long a
+    load call waits for the other workers to apply it."""
+    poll_seconds: float = 0.0
+    """Hot reload: rescan the repository this often and load new complete versions (0 = only on load calls)."""
+    repository_token: str = ""
+    """Bearer token for the repository extension (index, load, unload); empty = those calls are refused."""
+    state_dir: str = ""
+    """Folder shared by the workers for load/unload calls; `python -m service` makes one (empty = one process)."""
     log_level: str = "info"
     """Log level of the server."""
     extra: dict = field(default_factory=dict)
@@ -60,7 +69,9 @@ class Settings:
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {list(DEVICES)}, got {self.device!r}")
         self.parse_version_policy()  # fail fast on a bad value
-        for name in ("port", "threads", "max_body_bytes"):
+        if self.poll_seconds < 0:
+            raise ValueError(f"poll_seconds: expected 0 or more, got {self.poll_seconds}")
+        for name in ("port", "threads", "max_body_bytes", "max_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
@@ -94,6 +105,11 @@ class Settings:
             default = f.default
             if isinstance(default, bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, float):
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: expected a number, got {raw!r}") from None
             elif isinstance(default, int):
                 try:
                     values[f.name] = int(raw)

@@ -42,7 +42,7 @@ def exported_repo(tmp_path_factory, trained_run) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     exported, resolved, summary = export_run(trained_run)
     for _ in range(2):
-        publish(exported, resolved, summary, "digits-mlp", repo)
+        publish(exported, resolved, summary, "digits-mlp", repo, trained_run)
     return repo
 
 

@@ -25,6 +25,43 @@ def test_every_zoo_model_is_shipped_and_nothing_else():
     assert all(version == 1 for _, version in SHIPPED)
 
 
+def test_check_finds_nothing_wrong_with_the_shipped_repository():
+    from training.repository import check_repository
+
+    assert check_repository(SHIPPED_MODELS) == []
+
+
+def _feed(spec: dict, batch: int, steps: int | None, rng) -> np.ndarray:
+    shape = [batch] + [steps if d == -1 else d for d in spec["shape"][1:]]
+    if spec["datatype"] == "INT64":
+        return rng.integers(0, 10, shape).astype(np.int64)
+    return rng.uniform(0, 16, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, version", SHIPPED, ids=[f"{n}/{v}" for n, v in SHIPPED])
+def test_shipped_model_takes_any_batch_and_sequence_length(name, version):
+    """ONNX Runtime runs batch 1, 5 and 33 (and other sequence lengths); parity with torch was recorded there."""
+    version_dir = SHIPPED_MODELS / name / str(version)
+    meta = artifact.read_metadata(version_dir)
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    window = meta.get("task_params", {}).get("window")
+    sequence = any(-1 in t["shape"][1:] for t in meta["inputs"])
+    rng = np.random.default_rng(0)
+    for batch in (1, 5, 33):
+        for steps in ((window or 8) - 3, (window or 8) + 7) if sequence else (None,):
+            outputs = session.run(None, {t["name"]: _feed(t, batch, steps, rng) for t in meta["inputs"]})
+            for spec, value in zip(meta["outputs"], outputs):
+                assert value.shape[0] == batch and np.isfinite(value).all()
+                assert list(value.shape[1:]) == [steps if d == -1 else d for d in spec["shape"][1:]]
+    parity = meta["export"]["parity"]
+    batches = {c["input_shapes"][0][0] for c in parity["checks"]}
+    assert {1, 5, 33} <= batches
+    assert all(c["max_scaled_diff"] <= parity["atol"] for c in parity["checks"])
+    if sequence:
+        lengths = {c["input_shapes"][0][1] for c in parity["checks"]}
+        assert len(lengths) >= 3, "parity was checked at sequence lengths other than the training window"
+
+
 def test_the_repository_is_small_enough_for_git():
     total = sum(p.stat().st_size for p in SHIPPED_MODELS.rglob("*") if p.is_file())
     assert total < 5 * 1024 * 1024, f"models/ holds {total / 1e6:.1f} MB"
@@ -33,7 +70,7 @@ def test_the_repository_is_small_enough_for_git():
 @pytest.mark.parametrize("name, version", SHIPPED, ids=[f"{n}/{v}" for n, v in SHIPPED])
 def test_shipped_model_loads_matches_its_config_and_reaches_its_bar(name, version, tmp_path):
     version_dir = SHIPPED_MODELS / name / str(version)
-    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx"]
+    assert {"metadata.json", "model.onnx", "model_card.md", "plots"} <= {p.name for p in version_dir.iterdir()}
     model = load_model(version_dir, device="cpu")  # checks schema, hash, graph and embedded metadata
     meta = model.metadata
     config = load_config(name)

@@ -25,7 +25,7 @@ from training.trainer import Prepared, config_of, load_trained, prepare, test_me
 
 OPSET = 20
 EXAMPLE_BATCH = 2  # every dynamic dim >= 2 in the example, or torch.export may freeze it (export-notes trap 2)
-PARITY_BATCHES = (1, 3, 64)  # all differ from the example batch
+PARITY_BATCHES = (1, 3, 5, 33, 64)  # all differ from the example batch
 METRIC_TOLERANCE = 0.001  # exported metric = torch's within 0.1 points (relative 0.1 % for errors in data units)
 DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
@@ -280,6 +280,38 @@ def export_run(run_dir: Path) -> tuple[Exported, dict, dict]:
     return Exported(graph, plan, parity, onnx_metrics), resolved, summary
 
 
+def quantize(exported: Exported, resolved: dict, run_dir: Path) -> tuple[Exported | None, list[str], dict]:
+    """Dynamic int8 quantization, gated on accuracy and on speed measured side by side (training.quantize).
+
+    Returns (the quantized export to publish instead of the float one, or None; the reasons it was refused;
+    the quantization report). Parity with torch is the float graph's; the quantized graph is held to the
+    accuracy gate instead, since int8 weights cannot meet atol 1e-5.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from training.quantize import decide
+
+    prepared = prepare(config_of(resolved))
+    metric = TASK_SPECS[prepared.task].metric
+    plan = exported.plan
+
+    def evaluate(model_bytes: bytes) -> float:
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        return predictor_metrics(ort_predictor(session, plan), config_of(resolved), prepared, run_dir)[metric]
+
+    def make_feed(batch: int) -> dict[str, np.ndarray]:
+        return {plan.inputs[0]["name"]: _resize(prepared.X["test"], batch)}
+
+    decision, data = decide(exported.model, evaluate, make_feed, higher_is_better(metric))
+    if not decision.publish:
+        return None, decision.reasons, decision.report
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    metrics = predictor_metrics(ort_predictor(session, plan), config_of(resolved), prepared, run_dir)
+    parity = {**exported.parity, "quantization": decision.report}
+    return Exported(onnx.load_from_string(data), plan, parity, metrics), [], decision.report
+
+
 PREPROCESSING = {
     "table": "standardize each feature with the training split's mean and std",
     "image": "standardize each channel with the training split's mean and std",
@@ -348,9 +380,19 @@ def build_metadata(exported: Exported, resolved: dict, summary: dict, name: str,
     }
 
 
-def publish(exported: Exported, resolved: dict, summary: dict, name: str, models_dir: Path) -> tuple[int, Path]:
-    """Publish the next version of `name` into `models_dir` (written beside, then renamed into place)."""
+def publish(exported: Exported, resolved: dict, summary: dict, name: str, models_dir: Path,
+            run_dir: Path | None = None) -> tuple[int, Path]:
+    """Publish the next version of `name` into `models_dir` (written beside, then renamed into place).
+
+    The version holds model.onnx, metadata.json, a model card and the run's plots; the model's folder gets
+    Triton's config.pbtxt for the new version's tensors.
+    """
     import onnx
+
+    from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+
+    plots = sorted((Path(run_dir) / "plots").glob("*.png")) if run_dir else []
+    metas: dict[int, dict] = {}
 
     def build(version: int) -> dict[str, bytes]:
         meta = build_metadata(exported, resolved, summary, name, version)
@@ -358,9 +400,13 @@ def publish(exported: Exported, resolved: dict, summary: dict, name: str, models
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
         model.producer_name = "nnserve"
-        data = model.SerializeToString()
-        meta["files"] = {artifact.MODEL_FILENAME: {"sha256": artifact.sha256_bytes(data), "bytes": len(data)}}
+        files = {artifact.MODEL_FILENAME: model.SerializeToString(),
+                 **{f"plots/{p.name}": p.read_bytes() for p in plots}}
+        files[CARD_FILENAME] = model_card(meta, [f"plots/{p.name}" for p in plots], list(exported.plan.example)).encode()
+        meta["files"] = artifact.file_entries(files)
         artifact.check_metadata(meta, f"{name} version {version}")
-        return {artifact.MODEL_FILENAME: data, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
+        metas[version] = meta
+        return {**files, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
 
-    return artifact.publish_version(models_dir, name, build)
+    return artifact.publish_version(models_dir, name, build,
+                                    lambda version: {TRITON_CONFIG: triton_config(metas[version]).encode()})

@@ -76,7 +76,7 @@ def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None
             from training.export import export_run, publish
 
             exported, resolved, summary = export_run(out / name)
-            version, path = publish(exported, resolved, summary, name, models)
+            version, path = publish(exported, resolved, summary, name, models, out / name)
             log(f"   published {name} version {version} at {path} (max |onnx - torch| "
                 f"{exported.parity['max_abs_diff']:.1e})")
     rows = table_rows(results)

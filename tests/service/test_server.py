@@ -106,6 +106,8 @@ BAD_REQUESTS = [
     ("unknown input name", "/v2/models/digits-mlp/infer", _request([1, 64], [0.0] * 64, name="pixels"), 400,
      ["unexpected input 'pixels'", "missing input 'input'"]),
     ("no inputs", "/v2/models/digits-mlp/infer", {"inputs": []}, 400, ["inputs: expected a non-empty list"]),
+    ("batch too large", "/v2/models/digits-mlp/infer", _request([300, 64], [0.0] * 300 * 64), 400,
+     ["input 'input'", "batch size 300 exceeds the maximum of 256"]),
     ("unknown output", "/v2/models/digits-mlp/infer",
      {**_request([1, 64], [0.0] * 64), "outputs": [{"name": "logits"}]}, 400, ["unknown output 'logits'"]),
     ("unknown model", "/v2/models/nope/infer", _request([1, 64], [0.0] * 64), 404, ["unknown model 'nope'"]),
