@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import threading
+import time
+import uuid
 
-from flask import Flask, request
+from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import rest
@@ -18,6 +22,8 @@ from service.registry import ModelRegistry
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("nnserve.access")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # echoed in a header and logged: keep it plain
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -32,10 +38,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(rest.bp)
     _register_error_handlers(app)
 
+    @app.before_request
+    def start_request():
+        g.started = time.perf_counter()
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
     @app.after_request
-    def count_http_request(response):
+    def finish_request(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
+        response.headers["X-Request-ID"] = g.request_id
+        # One JSON line per request (never the body); the model and version once known.
+        access_log.info(json.dumps({
+            "request_id": g.request_id, "method": request.method, "route": route, "status": response.status_code,
+            "model": g.get("model"), "version": g.get("version"),
+            "duration_ms": round((time.perf_counter() - g.started) * 1000, 3)}))
         return response
 
     def load_then_watch() -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+
+import numpy as np
 
 from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
-from service.protocol import decode_infer_request, encode_infer_response
+from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, classify, decode_infer_request,
+                              encode_infer_response)
+from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]  # advertise only what is implemented
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]  # advertise only what is implemented
 
 
 class DataPlane:
@@ -57,30 +63,127 @@ class DataPlane:
         self.registry.unload(name)
 
     def infer(self, name: str, version: str | None, body: bytes,
-              header_length: int | None) -> tuple[bytes, int | None]:
-        """Run one V2 inference request; return the response body and its binary header length, if any."""
+              header_length: int | None) -> tuple[bytes, int | None, LoadedModel]:
+        """Run one V2 inference request; return the response body, its binary header length, and the model."""
         model = self.registry.get(name, version)
-        metrics = self.metrics
-        started = time.perf_counter()
-        outcome = "server_error"
-        metrics.in_flight.inc()
-        try:
+        with self._observed(model) as timing:
             request = decode_infer_request(body, header_length)
             feed = model.check_request(request, self.settings.max_batch_size)
             if request.outputs is None:
-                wanted = [(n, request.binary_default) for n in model.output_names]
+                wanted = [(n, request.binary_default, 0) for n in model.output_names]
             else:
-                wanted = [(o.name, o.binary) for o in request.outputs]
-            values = model.run(feed, [n for n, _ in wanted])
-            results = [(n, model.outputs[n]["datatype"], values[n], binary) for n, binary in wanted]
-            response = encode_infer_response(model.name, model.version_str, request.id, results)
+                wanted = [(o.name, o.binary, o.classification) for o in request.outputs]
+            values = self._run(model, feed, [n for n, _, _ in wanted], timing)
+            results = []
+            for output, binary, top_k in wanted:
+                if top_k:
+                    results.append((output, "BYTES", classify(values[output], top_k, model.metadata.get("labels")),
+                                    binary))
+                else:
+                    results.append((output, model.outputs[output]["datatype"], values[output], binary))
+            payload, header = encode_infer_response(model.name, model.version_str, request.id, results)
+        return payload, header, model
+
+    def predict(self, name: str, body: bytes) -> tuple[dict, LoadedModel]:
+        """The convenience endpoint: {"instances": [...]} in, {"predictions": [...]} in the task's terms out."""
+        model = self.registry.get(name)
+        with self._observed(model) as timing:
+            request = instances_request(model, body)
+            feed = model.check_request(request, self.settings.max_batch_size)
+            values = self._run(model, feed, model.output_names, timing)
+            predictions = describe_predictions(model, values)
+        return {"model_name": model.name, "model_version": model.version_str, "predictions": predictions}, model
+
+    def _run(self, model: LoadedModel, feed: dict, outputs: list[str], timing: dict) -> dict:
+        started = time.perf_counter()
+        labels = (model.name, model.version_str)
+        self.metrics.queue_duration.labels(*labels).observe(started - timing["start"])
+        values = model.run(feed, outputs)
+        self.metrics.compute_duration.labels(*labels).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(*labels).observe(batch_size_of(feed))
+        return values
+
+    @contextlib.contextmanager
+    def _observed(self, model: LoadedModel):
+        """Count the request by outcome and time it; errors pass through to the HTTP layer."""
+        metrics = self.metrics
+        timing = {"start": time.perf_counter()}
+        outcome = "server_error"
+        metrics.in_flight.inc()
+        try:
+            yield timing
             outcome = "success"
-            return response
         except ServiceError as exc:
             outcome = "client_error" if exc.status_code < 500 else "server_error"
             raise
         finally:
             metrics.in_flight.dec()
-            metrics.request_duration.labels(model.name, model.version_str).observe(time.perf_counter() - started)
+            metrics.request_duration.labels(model.name, model.version_str).observe(time.perf_counter() - timing["start"])
             metrics.requests.labels(model.name, model.version_str, outcome).inc()
 
+
+def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
+    """Turn {"instances": [...]} into a checked-form V2 request: one instance per sample.
+
+    An instance is the sample itself (nested lists) for a single-input model, or an object by input name. For the
+    GAN, {"label": 3} alone is enough: the latent vector is drawn from a standard normal (optional "seed").
+    """
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('request body: expected {"instances": [...]} with at least one instance')
+    specs = model.metadata["inputs"]
+    columns: dict[str, list] = {t["name"]: [] for t in specs}
+    rng = np.random.default_rng(doc.get("seed") if isinstance(doc.get("seed"), int) else None)
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            if len(specs) != 1:
+                raise BadRequest(f"instances[{i}]: expected an object with {[t['name'] for t in specs]}")
+            instance = {specs[0]["name"]: instance}
+        for spec in specs:
+            if spec["name"] not in instance:
+                if spec["name"] == "latent":
+                    instance = {**instance, "latent": rng.standard_normal(spec["shape"][1]).tolist()}
+                else:
+                    raise BadRequest(f"instances[{i}]: missing '{spec['name']}' ({spec['datatype']} "
+                                     f"{spec['shape'][1:]})")
+            columns[spec["name"]].append(instance[spec["name"]])
+    inputs = []
+    problems = []
+    for spec in specs:
+        try:
+            array = np.asarray(columns[spec["name"]])
+        except ValueError:
+            raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
+        if array.dtype.kind not in ("iuf" if spec["datatype"] != "INT64" else "iu"):
+            problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
+            inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
+            continue
+        inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape),
+                                   array.astype(NUMPY_DTYPES[spec["datatype"]])))
+    return InferRequest(inputs, None, problems=problems)
+
+
+def describe_predictions(model: LoadedModel, values: dict) -> list:
+    """Predictions in the task's terms: labels with probabilities, values, score and flag, images."""
+    task, meta = model.metadata["task"], model.metadata
+    first = values[model.output_names[0]]
+    labels = meta.get("labels") or []
+    if task == "multiclass":
+        return [{"label": labels[int(row.argmax())], "probability": float(row.max()),
+                 "probabilities": dict(zip(labels, map(float, row)))} for row in first]
+    if task == "binary":
+        positive = meta.get("task_params", {}).get("positive_label", labels[-1])
+        negative = next(label for label in labels if label != positive)
+        return [{"label": positive if p >= 0.5 else negative, "probability": float(p), "positive_label": positive}
+                for p in first]
+    if task == "anomaly":
+        threshold = meta["task_params"]["threshold"]
+        return [{"score": float(s), "anomaly": bool(s > threshold), "threshold": threshold}
+                for s in values["score"]]
+    if task == "generation":
+        return [{"image": image.tolist()} for image in first]
+    return first.tolist()  # regression: values; forecasting: the next H values

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Seconds; a small model answers in well under a millisecond, a busy server in tens of milliseconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OUTCOMES = ("success", "client_error", "server_error")
@@ -29,6 +30,15 @@ class Metrics:
         self.request_duration = Histogram(
             "nnserve_inference_request_duration_seconds", "Time to answer an inference request, "
             "from the body read to the response built.", ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_duration = Histogram(
+            "nnserve_inference_queue_duration_seconds", "Time from the request's arrival to the start of its "
+            "model execution (decoding, checks, waiting).", ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_duration = Histogram(
+            "nnserve_inference_compute_duration_seconds", "Time ONNX Runtime spent executing the model.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "nnserve_inference_batch_size", "Samples per model execution.", ["model", "version"],
+            buckets=BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "nnserve_inference_requests_in_flight", "Inference requests being processed.", registry=r,
             multiprocess_mode="livesum")

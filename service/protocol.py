@@ -6,15 +6,17 @@ particular model (names, shapes, datatypes) live in runtime.py; this module chec
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from service.artifact import DATATYPES
-from service.errors import BadRequest
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 NUMPY_DTYPES = {name: np.dtype(dt) for name, dt in DATATYPES.items()}
 # Which numpy kinds a JSON array may arrive as for each V2 datatype ('i'/'u' ints, 'f' floats, 'b' bools).
@@ -41,6 +43,7 @@ class RequestInput:
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # top-k classes as "score:index:label" strings (Triton's classification extension)
 
 
 @dataclass
@@ -195,14 +198,58 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
                     problems.append(f"outputs[{i}]: expected an object with a string 'name'")
                     continue
                 oparams = _check_parameters(f"output '{out['name']}'", out.get("parameters"), problems)
-                if "classification" in oparams:
-                    problems.append(f"output '{out['name']}'.parameters.classification: "
-                                    "the classification extension is not supported by this server")
+                top_k = oparams.get("classification", 0)
+                if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+                    problems.append(f"output '{out['name']}'.parameters.classification: expected a positive "
+                                    f"integer (top-k), got {top_k!r:.20}")
+                    continue
                 binary_flag = oparams.get("binary_data", binary_default)
-                outputs.append(RequestedOutput(out["name"], binary_flag is True))
+                outputs.append(RequestedOutput(out["name"], binary_flag is True, top_k))
     if problems:
         raise BadRequest("invalid inference request: " + "; ".join(problems))
     return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo Content-Encoding gzip or deflate (a zlib stream), refusing output over `limit` bytes (a zip bomb)."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported; "
+                                   "send gzip, deflate or identity")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"request body is not valid {encoding} data ({exc})") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"request body decompresses to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise BadRequest(f"request body is truncated {encoding} data")
+    return data
+
+
+def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+    """Compress a response as the client's Accept-Encoding asks (gzip or deflate), else leave it as is."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 1), "deflate"
+    return body, None
+
+
+def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+    """Top-k entries of each row as "score:index[:label]" strings, [B, k] (Triton's classification extension)."""
+    rows = array.reshape(len(array), -1)
+    k = min(k, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    out = np.empty((len(rows), k), dtype=object)
+    for i, row in enumerate(top):
+        for j, index in enumerate(row):
+            label = f":{labels[index]}" if labels and index < len(labels) else ""
+            out[i, j] = f"{rows[i, index]:g}:{index}{label}"
+    return out
 
 
 def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
@@ -211,7 +258,11 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
     outputs, chunks = [], []
     for name, datatype, array, binary in results:
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
+        if binary and datatype == "BYTES":  # each element: 4-byte little-endian length, then the bytes
+            chunk = b"".join(len(b).to_bytes(4, "little") + b for b in (str(x).encode() for x in array.reshape(-1)))
+            out["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        elif binary:
             chunk = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             out["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)

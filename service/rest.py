@@ -5,12 +5,12 @@ from __future__ import annotations
 import hmac
 import json
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from service import artifact
 from service.dataplane import DataPlane
-from service.errors import BadRequest, Forbidden, ModelNotFound, Unauthorized, UnsupportedMediaType
-from service.protocol import HEADER_LENGTH
+from service.errors import BadRequest, Forbidden, ModelNotFound, Unauthorized
+from service.protocol import HEADER_LENGTH, compress, decompress
 
 bp = Blueprint("v2", __name__)
 
@@ -56,12 +56,19 @@ def model_ready(name: str, version: str | None = None):
     return json_response(_plane().model_ready(name, version))
 
 
+def _request_body() -> bytes:
+    """The body, decompressed per Content-Encoding within the body-size limit (a zip bomb gets 413)."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return decompress(request.get_data(cache=False), encoding, _plane().settings.max_body_bytes)
+
+
+def _note_model(model) -> None:
+    g.model, g.version = model.name, model.version_str  # for the request's log line
+
+
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported; send identity")
     raw_length = request.headers.get(HEADER_LENGTH)
     header_length = None
     if raw_length is not None:
@@ -69,13 +76,24 @@ def infer(name: str, version: str | None = None):
             raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got '{raw_length[:32]}'")
         header_length = int(raw_length)
     # tritonclient sends no Content-Type, so the body is read raw (get_json would answer 415).
-    body = request.get_data(cache=False)
-    payload, binary_header = _plane().infer(name, version, body, header_length)
+    payload, binary_header, model = _plane().infer(name, version, _request_body(), header_length)
+    _note_model(model)
+    payload, encoding = compress(payload, request.headers.get("Accept-Encoding", ""))
     response = Response(payload, mimetype="application/json" if binary_header is None
                         else "application/octet-stream")
     if binary_header is not None:
         response.headers[HEADER_LENGTH] = str(binary_header)
+    if encoding:
+        response.headers["Content-Encoding"] = encoding
     return response
+
+
+@bp.post("/v1/models/<name>:predict")
+def predict(name: str):
+    """Convenience endpoint for people and simple scripts: {"instances": [...]} -> {"predictions": [...]}."""
+    answer, model = _plane().predict(name, _request_body())
+    _note_model(model)
+    return json_response(answer)
 
 
 def _authorize() -> None:

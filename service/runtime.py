@@ -35,6 +35,8 @@ def select_providers(device: str) -> list[str]:
         return [PROVIDERS["cpu"]]
     if device == "cuda" or PROVIDERS["cuda"] in ort.get_available_providers():
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
+    if device == "auto":
+        log.debug("device auto: this ONNX Runtime build has no CUDA provider, using the CPU")
     return [PROVIDERS["cpu"]]
 
 

@@ -86,7 +86,8 @@ def train_judge(config: RunConfig, out: Path, log: Callable[[str], None]) -> Cal
 def fit_gan(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet: bool = True,
             resume: bool = False, stop_after: int | None = None) -> dict:
     """Adversarial training of a conditional generator and discriminator (DCGAN recipe: Adam, beta1 0.5)."""
-    from training.trainer import Progress, finish_run, format_result, prepare, read_history, write_resolved_config
+    from training.trainer import (Progress, finish_run, format_result, prepare, read_history, save_checkpoint,
+                                  write_resolved_config)
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -179,13 +180,13 @@ def fit_gan(config: RunConfig, out: Path, log: Callable[[str], None] = print, qu
             improved = val["diversity"] >= min_diversity and score > state["best"]
             if improved:
                 state.update(best=score, best_epoch=epoch, stale=0)
-                torch.save(generator.state_dict(), out / "best.pt")
+                save_checkpoint(generator.state_dict(), out / "best.pt")
             else:
                 state["stale"] += 1
             state["epoch"] = epoch
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+            save_checkpoint({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
                         "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                         "rng": {"torch": torch.get_rng_state(), "generator": rng.get_state()}, "state": state},
                        out / "last.pt")

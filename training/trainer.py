@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -240,6 +241,13 @@ class Progress:
                     file=sys.stderr, dynamic_ncols=True)
 
 
+def save_checkpoint(obj, path: Path) -> None:
+    """torch.save beside, then rename: a run killed mid-write keeps its previous checkpoint whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
 
@@ -322,7 +330,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             improved = current > state["best"] if maximize else current < state["best"]
             if improved:
                 state.update(best=current, best_epoch=epoch, stale=0)
-                torch.save(network.state_dict(), out / "best.pt")
+                save_checkpoint(network.state_dict(), out / "best.pt")
             else:
                 state["stale"] += 1
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -332,7 +340,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             state["epoch"] = epoch
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict() if schedule is not None else {},
                         "rng": _rng_state(generator), "state": state}, out / "last.pt")
             log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {row['train_loss']:.4f}  "
