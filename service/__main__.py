@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, help="model repository folder (default models)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per available CPU)")
     parser.add_argument("--threads", type=int, help="request threads per worker (default 4)")
-    parser.add_argument("--version-policy", help="'all' (default) or 'latest:N'")
+    parser.add_argument("--version-policy", help="'all' (default), 'latest' (the highest) or 'latest:N'")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")

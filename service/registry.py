@@ -240,6 +240,9 @@ class ModelRegistry:
         if not versions:
             if name in self._unloaded:
                 raise ModelNotReady(name, version, "it was unloaded")
+            failed = [st for st in self.states() if st.name == name and st.state == "UNAVAILABLE"]
+            if failed:
+                raise ModelNotReady(name, version, f"it failed to load ({failed[-1].reason})")
             if not self._initial_load_done.is_set() and (self.settings.models / name).is_dir():
                 raise ModelNotReady(name, version)
             raise ModelNotFound(name, available=self.names())

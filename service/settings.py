@@ -39,7 +39,8 @@ class Settings:
     threads: int = 4
     """Request threads per worker."""
     version_policy: str = "all"
-    """Which versions to serve: 'all' or 'latest:N' (the N highest); requests without a version get the highest."""
+    """Which versions to serve: 'all', or 'latest[:N]' (the N highest, default 1); requests without a version get
+    the highest. 'all' by default, so that a freshly published version serves beside the one before it."""
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body accepted; bigger bodies get 413."""
     max_batch_size: int = 256
@@ -81,9 +82,9 @@ class Settings:
         if policy == "all":
             return None
         kind, _, n = policy.partition(":")
-        if kind == "latest" and n.isdigit() and int(n) > 0:
-            return int(n)
-        raise ValueError(f"version_policy: expected 'all' or 'latest:N' with N >= 1, got {policy!r}")
+        if kind == "latest" and (n == "" or (n.isdigit() and int(n) > 0)):
+            return int(n or 1)  # plain 'latest' is Triton's default policy: the single highest version
+        raise ValueError(f"version_policy: expected 'all', 'latest' or 'latest:N' with N >= 1, got {policy!r}")
 
     @property
     def worker_count(self) -> int:

@@ -1,0 +1,69 @@
+"""Settings from the environment and flags, CPU-sized thread pools, and readiness before models are loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import ROOT, SHIPPED_MODELS
+
+
+@pytest.mark.parametrize("policy, latest", [("all", None), ("latest", 1), ("latest:3", 3)])
+def test_version_policies(policy, latest):
+    assert Settings(version_policy=policy).parse_version_policy() == latest
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"NNSERVE_PORT": "http"}, "NNSERVE_PORT: expected an integer, got 'http'"),
+    ({"NNSERVE_VERSION_POLICY": "newest"}, "version_policy: expected 'all', 'latest' or 'latest:N'"),
+    ({"NNSERVE_DEVICE": "tpu"}, "device: expected one of ['auto', 'cpu', 'cuda']"),
+    ({"NNSERVE_POLL_SECONDS": "soon"}, "NNSERVE_POLL_SECONDS: expected a number"),
+])
+def test_bad_settings_name_the_setting(env, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_flags_win_over_the_environment():
+    settings = Settings.from_env({"NNSERVE_PORT": "9000", "NNSERVE_THREADS": "2"}, port=9100)
+    assert settings.port == 9100 and settings.threads == 2
+
+
+def test_threads_follow_the_cpus_the_process_may_use():
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from service.settings import Settings, available_cpus; "
+            "print(available_cpus(), Settings(workers=1).session_threads, Settings(workers=1, ort_threads=3).session_threads)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1", "3"]
+
+
+def test_readiness_is_503_until_every_model_is_loaded_and_warmed_up():
+    app = create_app(Settings(models=SHIPPED_MODELS))  # ten models load in a background thread
+    client = app.test_client()
+    seen = [client.get("/v2/health/ready").status_code]
+    assert client.get("/v2/health/live").status_code == 200  # alive at once
+    deadline = time.monotonic() + 60
+    while seen[-1] != 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        seen.append(client.get("/v2/health/ready").status_code)
+    assert seen[0] == 503 and seen[-1] == 200
+    assert client.get("/v2/models/digits-gan/ready").status_code == 200
+
+
+def test_a_model_whose_only_version_is_broken_keeps_the_server_unready(tmp_path):
+    import shutil
+
+    shutil.copytree(SHIPPED_MODELS / "digits-mlp", tmp_path / "digits-mlp")
+    (tmp_path / "digits-mlp" / "1" / "model.onnx").write_bytes(b"not onnx")
+    client = create_app(Settings(models=tmp_path, background_load=False)).test_client()
+    response = client.get("/v2/health/ready")
+    assert response.status_code == 503
+    answer = client.get("/v2/models/digits-mlp/ready")
+    assert answer.status_code == 503 and "failed to load" in answer.get_json()["error"]
+    assert os.fspath(tmp_path) not in answer.get_json()["error"]  # no filesystem path in a response
