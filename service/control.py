@@ -45,15 +45,15 @@ class Control:
         except (FileNotFoundError, ValueError):
             return {"generation": 0, "unloaded": []}
 
-    def change(self, name: str, unloaded: bool) -> int:
-        """Record a load (unloaded=False) or unload of `name`; return the new generation."""
+    def change(self, name: str, unloaded: bool) -> dict:
+        """Record a load (unloaded=False) or unload of `name`; return the whole new state."""
         with self._locked():
             state = self.read()
             names = set(state["unloaded"])
             (names.add if unloaded else names.discard)(name)
             state = {"generation": state["generation"] + 1, "unloaded": sorted(names)}
             write_file_atomically(self.path, json.dumps(state).encode())
-        return state["generation"]
+        return state
 
     def acknowledge(self, generation: int, pid: int | None = None) -> None:
         write_file_atomically(self.folder / f"{ACK_PREFIX}{pid or os.getpid()}", str(generation).encode())

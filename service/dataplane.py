@@ -17,6 +17,7 @@ from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
 
+MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times max_batch_size: a request's element cap
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]  # advertise only what is implemented
 
 
@@ -67,7 +68,7 @@ class DataPlane:
         """Run one V2 inference request; return the response body, its binary header length, and the model."""
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
-            request = decode_infer_request(body, header_length)
+            request = decode_infer_request(body, header_length, self.settings.max_batch_size * MAX_SAMPLE_ELEMENTS)
             feed = model.check_request(request, self.settings.max_batch_size)
             if request.outputs is None:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
@@ -91,6 +92,9 @@ class DataPlane:
             request = instances_request(model, body)
             feed = model.check_request(request, self.settings.max_batch_size)
             values = self._run(model, feed, model.output_names, timing)
+            if not all(np.isfinite(v).all() for v in values.values()):  # JSON has no NaN or Infinity
+                raise BadRequest("the model produced non-finite values for these inputs (they are outside the "
+                                 "range it handles)")
             predictions = describe_predictions(model, values)
         return {"model_name": model.name, "model_version": model.version_str, "predictions": predictions}, model
 
@@ -137,7 +141,10 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
         raise BadRequest('request body: expected {"instances": [...]} with at least one instance')
     specs = model.metadata["inputs"]
     columns: dict[str, list] = {t["name"]: [] for t in specs}
-    rng = np.random.default_rng(doc.get("seed") if isinstance(doc.get("seed"), int) else None)
+    seed = doc.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise BadRequest(f"seed: expected a non-negative integer, got {seed!r:.40}")
+    rng = np.random.default_rng(seed)
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
             if len(specs) != 1:

@@ -27,6 +27,7 @@ ACCEPTED_JSON_KINDS = {
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PARAMETER_TYPES = (str, int, float, bool)
+MAX_DIMS = 8  # no model here has more; bounds the work a shape can ask for before the element count is known
 
 
 @dataclass
@@ -56,8 +57,8 @@ class InferRequest:
 
 
 def _is_shape(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+    return isinstance(value, list) and len(value) <= MAX_DIMS and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in value)
 
 
 def _check_parameters(where: str, params: Any, problems: list[str]) -> dict:
@@ -97,7 +98,8 @@ def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[
     return flat.astype(target, copy=False), None
 
 
-def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def decode_infer_request(body: bytes, header_length: int | None = None,
+                         max_elements: int = 1 << 24) -> InferRequest:
     """Decode a V2 infer body; `header_length` is Inference-Header-Content-Length when binary parts follow.
 
     Raises BadRequest listing every problem with the request's form. Problems with tensor data are kept
@@ -146,8 +148,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         else:
             problems.append(f"{where}.name: expected a non-empty string, got {name!r:.60}")
         if not _is_shape(shape):
-            problems.append(f"{where}.shape: expected a list of non-negative integers, got {shape!r:.60}")
-        if datatype not in NUMPY_DTYPES:
+            problems.append(f"{where}.shape: expected a list of at most {MAX_DIMS} non-negative integers, "
+                            f"got {shape!r:.60}")
+        if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
             problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {datatype!r:.30}")
         tparams = _check_parameters(where, tensor.get("parameters"), problems)
         size = tparams.get("binary_data_size")
@@ -167,9 +170,12 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
                 problems.append(f"{where}.parameters.binary_data_size: {size} bytes declared, "
                                 f"only {len(chunk)} left in the body")
                 continue
-        if not (isinstance(name, str) and _is_shape(shape) and datatype in NUMPY_DTYPES):
+        if not (isinstance(name, str) and _is_shape(shape) and isinstance(datatype, str) and datatype in NUMPY_DTYPES):
             continue
         count = math.prod(shape)
+        if count > max_elements:
+            problems.append(f"{where}.shape: {shape} holds {count} elements, more than the limit of {max_elements}")
+            continue
         if size is not None:
             dtype = NUMPY_DTYPES[datatype]
             if size != count * dtype.itemsize:
@@ -231,7 +237,8 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
     """Compress a response as the client's Accept-Encoding asks (gzip or deflate), else leave it as is."""
-    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")
+                if not part.replace(" ", "").lower().endswith(("q=0", "q=0.0", "q=0.00", "q=0.000"))}
     if "gzip" in accepted:
         return gzip.compress(body, compresslevel=1), "gzip"
     if "deflate" in accepted:
@@ -240,8 +247,12 @@ def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
 
 
 def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
-    """Top-k entries of each row as "score:index[:label]" strings, [B, k] (Triton's classification extension)."""
+    """Top-k entries of each row as "score:index[:label]" strings, [B, k] (Triton's classification extension).
+
+    A binary classifier's single probability p of class 1 is scored as the two classes [1 - p, p]."""
     rows = array.reshape(len(array), -1)
+    if rows.shape[1] == 1 and labels is not None and len(labels) == 2:
+        rows = np.concatenate([1 - rows, rows], axis=1)
     k = min(k, rows.shape[1])
     top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
     out = np.empty((len(rows), k), dtype=object)
@@ -267,13 +278,20 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
             out["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise BadRequest(f"the model produced non-finite values in output '{name}' for these inputs "
+                                 "(they are outside the range it handles)")
             out["data"] = array.reshape(-1).tolist()
         outputs.append(out)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = outputs
-    header = json.dumps(response, separators=(",", ":")).encode()
+    try:
+        header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # JSON has no NaN or Infinity; a strict client could not parse the answer
+        raise BadRequest("the model produced non-finite values for these inputs (they are outside the range it "
+                         "handles); nothing to return") from None
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

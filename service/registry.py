@@ -63,13 +63,14 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Load every model the policy selects; failures are recorded, never raised."""
         try:
-            self._apply_control()
-            for name in artifact.list_models(self.settings.models):
-                self.reconcile(name)
+            if self.control is not None:  # a worker started after load/unload calls begins in step with them
+                state = self.control.read()
+                self._unloaded, self._generation = set(state["unloaded"]), state["generation"]
+            self.reconcile_all()
         finally:
             self._initial_load_done.set()
             if self.control is not None:
-                self.control.acknowledge(self._generation)
+                self.control.acknowledge(self._generation)  # a new worker starts in step with the others
 
     def reconcile(self, name: str, retry_failed: bool = False) -> list[VersionState]:
         """Bring `name` in line with the repository and the version policy; return its new states.
@@ -104,6 +105,9 @@ class ModelRegistry:
                 self._models = models
                 for version in set(current) - set(keep):
                     self._states.pop((name, version), None)
+                for key in [k for k in self._states if k[0] == name and k[1] not in available]:
+                    del self._states[key]  # a version deleted from disk (or unloaded) is no longer reported
+                    self._failed.pop(key, None)
             for version, model in current.items():
                 if version not in keep:
                     self.metrics.model_loaded.labels(name, str(version), model.provider).set(0)
@@ -115,7 +119,10 @@ class ModelRegistry:
         try:
             model = load_model(self.settings.models / name / str(version), self.settings.device,
                                self.settings.session_threads)
-        except LoadError as exc:
+        except Exception as exc:  # LoadError, or anything unforeseen (a folder where a file should be, ...)
+            if not isinstance(exc, LoadError):
+                log.exception("unexpected error loading %s version %s", name, version)
+                exc = LoadError(f"cannot be read ({type(exc).__name__})")
             log.error("cannot load %s version %s: %s", name, version, exc)
             self._failed[(name, version)] = signature
             self._set_state(VersionState(name, version, "UNAVAILABLE", str(exc)))
@@ -151,24 +158,45 @@ class ModelRegistry:
             self._publish_change(name, unloaded=True)
 
     def _publish_change(self, name: str, unloaded: bool) -> None:
+        """Record a load/unload for every worker, apply what other workers recorded meanwhile, then wait."""
         if self.control is None:
             return
-        self._generation = self.control.change(name, unloaded)
-        self.control.acknowledge(self._generation)
+        state = self.control.change(name, unloaded)
+        self._apply_state(state)
         behind = self.control.wait_for(self._generation, self.settings.startup_wait_seconds)
         if behind:
             log.warning("workers %s had not applied the change to %s after %s s", behind, name,
                         self.settings.startup_wait_seconds)
 
+    def _apply_state(self, state: dict) -> None:
+        """Take in the shared state: the unloaded set, and a fresh look at every model (a load call elsewhere
+        may have been for a new version); acknowledge only once all of it is applied."""
+        with self._reload_lock:
+            if state["generation"] <= self._generation:
+                return
+            self._unloaded = set(state["unloaded"])
+            self.reconcile_all(retry_failed=True)
+            self._generation = state["generation"]
+            self.control.acknowledge(self._generation)
+
+    def reconcile_all(self, retry_failed: bool = False) -> None:
+        """Reconcile every model on disk or loaded; one model's trouble does not stop the others."""
+        with self._lock:
+            known = {name for name, _ in self._states}
+        for name in sorted(set(artifact.list_models(self.settings.models)) | set(self._models) | known):
+            try:
+                self.reconcile(name, retry_failed)
+            except Exception:
+                log.exception("cannot reconcile %s", name)
+
     def _apply_control(self) -> bool:
-        """Take in load/unload calls made on other workers; True when something changed."""
+        """Take in load/unload calls made on other workers; True when the shared state moved on."""
         if self.control is None:
             return False
         state = self.control.read()
-        if state["generation"] == self._generation:
+        if state["generation"] <= self._generation:
             return False
-        self._unloaded = set(state["unloaded"])
-        self._generation = state["generation"]
+        self._apply_state(state)
         return True
 
     def watch(self) -> None:
@@ -177,18 +205,13 @@ class ModelRegistry:
         last_poll = time.monotonic()
         while not self._stop.wait(CONTROL_CHECK_SECONDS):
             now = time.monotonic()
-            controlled = self._apply_control()
-            polled = poll > 0 and now - last_poll >= poll
-            if controlled or polled:
-                last_poll = now
-                try:
-                    names = set(artifact.list_models(self.settings.models)) | set(self._models)
-                    for name in sorted(names):
-                        self.reconcile(name, retry_failed=controlled)
-                except Exception:  # the watcher must survive a bad scan; the next one may succeed
-                    log.exception("repository scan failed")
-                if self.control is not None:
-                    self.control.acknowledge(self._generation)
+            try:
+                self._apply_control()
+                if poll > 0 and now - last_poll >= poll:
+                    last_poll = now
+                    self.reconcile_all()
+            except Exception:  # the watcher must outlive any one scan; the next one may succeed
+                log.exception("repository watch failed")
 
     def start_watching(self) -> None:
         if self.control is not None or self.settings.poll_seconds > 0:

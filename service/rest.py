@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -20,7 +21,8 @@ def _plane() -> DataPlane:
 
 
 def json_response(payload, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(json.dumps(payload, separators=(",", ":"), allow_nan=False), status=status,
+                    mimetype="application/json")
 
 
 @bp.get("/v2")
@@ -72,8 +74,8 @@ def infer(name: str, version: str | None = None):
     raw_length = request.headers.get(HEADER_LENGTH)
     header_length = None
     if raw_length is not None:
-        if not raw_length.strip().isdigit():
-            raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got '{raw_length[:32]}'")
+        if not re.fullmatch(r"[0-9]{1,12}", raw_length.strip()):
+            raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw_length[:32]!r}")
         header_length = int(raw_length)
     # tritonclient sends no Content-Type, so the body is read raw (get_json would answer 415).
     payload, binary_header, model = _plane().infer(name, version, _request_body(), header_length)

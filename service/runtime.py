@@ -23,6 +23,7 @@ ORT_TYPES = {  # ONNX Runtime type strings -> V2 datatypes
     "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
 }
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+DEFAULT_MAX_SEQUENCE = 4096  # steps per request for variable-length inputs; an LSTM's memory grows with them
 
 
 class LoadError(Exception):
@@ -61,6 +62,11 @@ class LoadedModel:
         self.outputs = {t["name"]: t for t in self.metadata["outputs"]}
         self.output_names = [t["name"] for t in self.metadata["outputs"]]
         self.version_str = str(self.version)
+        params = self.metadata.get("task_params", {})
+        self.classes_input = params.get("classes_input")  # the GAN's class input: checked against the labels
+        self.num_classes = len(self.metadata.get("labels") or [])
+        # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
+        self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
 
     def describe(self, versions: list[str]) -> dict:
         """V2 model metadata response."""
@@ -96,17 +102,25 @@ class LoadedModel:
                 problems.append(f"input '{tensor.name}': expected datatype {spec['datatype']}, got {tensor.datatype}")
             if not _shape_matches(spec["shape"], tensor.shape):
                 problems.append(f"input '{tensor.name}': expected shape {spec['shape']}, got {tensor.shape}")
-            elif tensor.shape and tensor.shape[0] == 0:
-                problems.append(f"input '{tensor.name}': batch size must be at least 1, got shape {tensor.shape}")
+            elif 0 in tensor.shape:
+                problems.append(f"input '{tensor.name}': every dimension must be at least 1, got {tensor.shape}")
             elif tensor.shape and tensor.shape[0] > max_batch_size:
                 problems.append(f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the maximum of "
                                 f"{max_batch_size}; split the request")
+            elif any(d > self.max_sequence_length for d, want in zip(tensor.shape[1:], spec["shape"][1:]) if want == -1):
+                problems.append(f"input '{tensor.name}': sequence length {tensor.shape[1]} exceeds the maximum of "
+                                f"{self.max_sequence_length}")
             if tensor.array is None or tensor.datatype != spec["datatype"]:
                 continue
             if tensor.array.dtype.kind == "f" and not np.isfinite(tensor.array).all():
                 bad = int(np.flatnonzero(~np.isfinite(tensor.array.reshape(-1)))[0])
                 problems.append(f"input '{tensor.name}': values must be finite, found "
                                 f"{tensor.array.reshape(-1)[bad]} at flat index {bad}")
+                continue
+            if tensor.name == self.classes_input and self.num_classes and tensor.array.size and (
+                    tensor.array.min() < 0 or tensor.array.max() >= self.num_classes):
+                problems.append(f"input '{tensor.name}': class indices must be in 0..{self.num_classes - 1}, got "
+                                f"values from {tensor.array.min()} to {tensor.array.max()}")
                 continue
             if tensor.shape:
                 batch_sizes.add(tensor.shape[0])

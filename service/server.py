@@ -8,7 +8,6 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from prometheus_client import multiprocess
 
-from service.app import create_app
 from service.control import Control
 from service.settings import Settings
 
@@ -73,6 +72,10 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        # Imported in the worker, after the fork: onnxruntime loaded in the master makes every forked worker
+        # abort (SIGABRT) when it exits.
+        from service.app import create_app
+
         return create_app(self.settings)
 
 

@@ -99,13 +99,15 @@ def plan_export(resolved: dict, summary: dict, model: torch.nn.Module, prepared:
     else:  # anomaly: reconstruction, score, embedding
         outputs = [in_shape, batch_only, batch_only + [resolved["network"]["latent_dim"]]]
     params: dict = {}
+    if arch == "transformer":  # its position table has max_len rows: longer inputs cannot run
+        params["max_sequence_length"] = resolved["network"]["max_len"]
     if task == "binary":
-        params = {"positive_label": prepared.labels[1]}
+        params["positive_label"] = prepared.labels[1]
     elif task == "forecasting":
-        params = {"window": prepared.window, "horizon": prepared.horizon, "season": prepared.data.season}
+        params.update(window=prepared.window, horizon=prepared.horizon, season=prepared.data.season)
     elif task == "anomaly":
-        params = {"threshold": summary["metrics"]["test_threshold"], "quantile": resolved["eval"].get("quantile", 0.99),
-                  "score": "mean squared reconstruction error of the standardized input"}
+        params.update(threshold=summary["metrics"]["test_threshold"], quantile=resolved["eval"].get("quantile", 0.99),
+                      score="mean squared reconstruction error of the standardized input")
     return ExportPlan(ServedModel(model, task).eval(),
                       [{"name": "input", "datatype": "FP32", "shape": in_shape}],
                       [{"name": n, "datatype": "FP32", "shape": s} for n, s in zip(names, outputs)],
