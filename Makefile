@@ -40,3 +40,14 @@ lock:
 
 clean:
 	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache
+
+# The benchmark suite (bench/run.py): wrk, both venvs, the zoo run folders the torch app loads, then one run.
+# BENCH_ARGS=--quick for 3 s runs; results in bench/results/ (results.md, results.json, chart.png).
+BENCH_MODELS := digits-mlp digits-cnn co2-lstm digits-transformer
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed
+	command -v wrk || (apt-get update && apt-get install -y wrk)
+	missing=$$(for m in $(BENCH_MODELS); do test -f runs/zoo/$$m/summary.json || echo $$m; done); \
+	test -z "$$missing" || $(DEV_VENV)/bin/python -m training zoo --out runs/zoo --only $$missing --quiet
+	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
