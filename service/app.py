@@ -49,11 +49,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         response.headers["X-Request-ID"] = g.request_id
-        # One JSON line per request (never the body); the model and version once known.
-        access_log.info(json.dumps({
-            "request_id": g.request_id, "method": request.method, "route": route, "status": response.status_code,
-            "model": g.get("model"), "version": g.get("version"),
-            "duration_ms": round((time.perf_counter() - g.started) * 1000, 3)}))
+        # One JSON line per request (never the body); the model and version once known. Built only when logged.
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "request_id": g.request_id, "method": request.method, "route": route,
+                "status": response.status_code, "model": g.get("model"), "version": g.get("version"),
+                "duration_ms": round((time.perf_counter() - g.started) * 1000, 3)}))
         return response
 
     def load_then_watch() -> None:

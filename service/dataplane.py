@@ -100,18 +100,19 @@ class DataPlane:
 
     def _run(self, model: LoadedModel, feed: dict, outputs: list[str], timing: dict) -> dict:
         started = time.perf_counter()
-        labels = (model.name, model.version_str)
-        self.metrics.queue_duration.labels(*labels).observe(started - timing["start"])
+        bound = timing["metrics"]
+        bound.queue_duration.observe(started - timing["start"])
         values = model.run(feed, outputs)
-        self.metrics.compute_duration.labels(*labels).observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels(*labels).observe(batch_size_of(feed))
+        bound.compute_duration.observe(time.perf_counter() - started)
+        bound.batch_size.observe(batch_size_of(feed))
         return values
 
     @contextlib.contextmanager
     def _observed(self, model: LoadedModel):
         """Count the request by outcome and time it; errors pass through to the HTTP layer."""
         metrics = self.metrics
-        timing = {"start": time.perf_counter()}
+        bound = metrics.for_model(model.name, model.version_str)
+        timing = {"start": time.perf_counter(), "metrics": bound}
         outcome = "server_error"
         metrics.in_flight.inc()
         try:
@@ -122,8 +123,8 @@ class DataPlane:
             raise
         finally:
             metrics.in_flight.dec()
-            metrics.request_duration.labels(model.name, model.version_str).observe(time.perf_counter() - timing["start"])
-            metrics.requests.labels(model.name, model.version_str, outcome).inc()
+            bound.request_duration.observe(time.perf_counter() - timing["start"])
+            bound.outcomes[outcome].inc()
 
 
 def instances_request(model: LoadedModel, body: bytes) -> InferRequest:

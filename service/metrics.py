@@ -47,9 +47,17 @@ class Metrics:
             "provider.", ["model", "version", "provider"], registry=r, multiprocess_mode="livemax")
         self.load_failures = Counter(
             "nnserve_model_load_failures", "Model versions that failed to load, by model.", ["model"], registry=r)
+        self._bound: dict[tuple[str, str], ModelMetrics] = {}
         self.http_requests = Counter(
             "nnserve_http_requests", "HTTP requests by route template, method and status code.",
             ["route", "method", "status"], registry=r)
+
+    def for_model(self, model: str, version: str) -> "ModelMetrics":
+        """The collectors of one model version with their labels bound once (labels() costs on every call)."""
+        bound = self._bound.get((model, version))
+        if bound is None:
+            bound = self._bound[(model, version)] = ModelMetrics(self, model, version)
+        return bound
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
@@ -58,3 +66,14 @@ class Metrics:
             MultiProcessCollector(registry, path=self.multiprocess_dir)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ModelMetrics:
+    """One model version's children of the labelled collectors."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str):
+        self.outcomes = {outcome: metrics.requests.labels(model, version, outcome) for outcome in OUTCOMES}
+        self.request_duration = metrics.request_duration.labels(model, version)
+        self.queue_duration = metrics.queue_duration.labels(model, version)
+        self.compute_duration = metrics.compute_duration.labels(model, version)
+        self.batch_size = metrics.batch_size.labels(model, version)
