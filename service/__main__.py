@@ -6,6 +6,8 @@ import argparse
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,8 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
-    parser.add_argument("--max-batch-size", type=int, help="largest batch in one request (default 256)")
-    parser.add_argument("--poll-seconds", type=float, help="rescan the repository this often for new versions (default 0: off)")
+    parser.add_argument("--max-batch-size", help="largest batch in one request: N, optionally followed by "
+                        "per-model overrides such as 256,digits-cnn=64 (default 256)")
+    parser.add_argument("--poll-seconds", type=float, help="hot reload: rescan the repository this often for new "
+                        "versions (default 5; 0 = only on load calls)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     return parser.parse_args(argv)
 
@@ -60,6 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"python -m service: {exc}") from None
     if not settings.models.is_dir():
         raise SystemExit(f"python -m service: model repository {settings.models} is not a folder")
+    if settings.device == "cuda":  # asked in a child: onnxruntime must not be imported before gunicorn forks
+        providers = subprocess.run([sys.executable, "-c", "import onnxruntime; print(*onnxruntime.get_available_providers())"],
+                                   capture_output=True, text=True).stdout.split()
+        if "CUDAExecutionProvider" not in providers:
+            raise SystemExit(f"python -m service: device 'cuda' was asked for, but this ONNX Runtime offers only "
+                             f"{providers}; install onnxruntime-gpu with its CUDA libraries, or use --device auto or cpu")
     if not settings.state_dir:  # shared by the workers for load/unload calls
         settings.state_dir = tempfile.mkdtemp(prefix="nnserve-state-")
         remove_at_exit(settings.state_dir)

@@ -29,6 +29,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # echoed in a header and 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; models load in the background (or before returning, if background_load is off)."""
     settings = settings or Settings.from_env()
+    require_device(settings.device)
     metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     registry = ModelRegistry(settings, metrics, Control(settings.state_dir) if settings.state_dir else None)
 
@@ -66,6 +67,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     else:
         load_then_watch()
     return app
+
+
+def require_device(device: str) -> None:
+    """Refuse to start with device 'cuda' when this ONNX Runtime has no CUDA provider (it would run on the CPU)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError(f"device 'cuda' was asked for, but this ONNX Runtime offers only {available}; "
+                           "install onnxruntime-gpu with its CUDA libraries, or use --device auto or cpu")
+    log.info("device %s: ONNX Runtime providers available: %s", device, available)
 
 
 def _register_error_handlers(app: Flask) -> None:

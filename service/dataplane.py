@@ -68,8 +68,9 @@ class DataPlane:
         """Run one V2 inference request; return the response body, its binary header length, and the model."""
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
-            request = decode_infer_request(body, header_length, self.settings.max_batch_size * MAX_SAMPLE_ELEMENTS)
-            feed = model.check_request(request, self.settings.max_batch_size)
+            limit = self.settings.batch_limit(model.name)
+            request = decode_infer_request(body, header_length, limit * MAX_SAMPLE_ELEMENTS)
+            feed = model.check_request(request, limit)
             if request.outputs is None:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
             else:
@@ -90,7 +91,7 @@ class DataPlane:
         model = self.registry.get(name)
         with self._observed(model) as timing:
             request = instances_request(model, body)
-            feed = model.check_request(request, self.settings.max_batch_size)
+            feed = model.check_request(request, self.settings.batch_limit(model.name))
             values = self._run(model, feed, model.output_names, timing)
             if not all(np.isfinite(v).all() for v in values.values()):  # JSON has no NaN or Infinity
                 raise BadRequest("the model produced non-finite values for these inputs (they are outside the "

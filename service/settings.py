@@ -43,8 +43,9 @@ class Settings:
     the highest. 'all' by default, so that a freshly published version serves beside the one before it."""
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body accepted; bigger bodies get 413."""
-    max_batch_size: int = 256
-    """Largest batch one request may carry (Triton's max_batch_size in the config.pbtxt that export writes)."""
+    max_batch_size: str = "256"
+    """Largest batch one request may carry: a number for every model, then optional per-model overrides,
+    e.g. '256,digits-cnn=64,co2-lstm=32' (256 is the max_batch_size of the config.pbtxt that export writes)."""
     device: str = "auto"
     """ONNX Runtime device: auto (CUDA when available, else CPU), cpu, or cuda (refuse to start without it)."""
     ort_threads: int = 0
@@ -54,7 +55,7 @@ class Settings:
     startup_wait_seconds: int = 30
     """How long a request that arrives while its worker is still loading waits before a 503; also how long a
     load call waits for the other workers to apply it."""
-    poll_seconds: float = 0.0
+    poll_seconds: float = 5.0
     """Hot reload: rescan the repository this often and load new complete versions (0 = only on load calls)."""
     repository_token: str = ""
     """Bearer token for the repository extension (index, load, unload); empty = those calls are refused."""
@@ -72,7 +73,8 @@ class Settings:
         self.parse_version_policy()  # fail fast on a bad value
         if self.poll_seconds < 0:
             raise ValueError(f"poll_seconds: expected 0 or more, got {self.poll_seconds}")
-        for name in ("port", "threads", "max_body_bytes", "max_batch_size"):
+        self.batch_limit("")  # fail fast on a bad value
+        for name in ("port", "threads", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
@@ -85,6 +87,20 @@ class Settings:
         if kind == "latest" and (n == "" or (n.isdigit() and int(n) > 0)):
             return int(n or 1)  # plain 'latest' is Triton's default policy: the single highest version
         raise ValueError(f"version_policy: expected 'all', 'latest' or 'latest:N' with N >= 1, got {policy!r}")
+
+    def batch_limit(self, model: str) -> int:
+        """The largest batch one request to `model` may carry."""
+        default, *overrides = str(self.max_batch_size).split(",")
+        limits = {}
+        for item in overrides:
+            name, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"max_batch_size: expected 'N' or 'N,model=M,...' with positive numbers, "
+                                 f"got {self.max_batch_size!r}")
+            limits[name.strip()] = int(value)
+        if not default.strip().isdigit() or int(default) < 1:
+            raise ValueError(f"max_batch_size: expected a positive number first, got {self.max_batch_size!r}")
+        return limits.get(model, int(default))
 
     @property
     def worker_count(self) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import ROOT, SHIPPED_MODELS
+from tests.conftest import ROOT, SHIPPED_MODELS, free_port
 
 
 @pytest.mark.parametrize("policy, latest", [("all", None), ("latest", 1), ("latest:3", 3)])
@@ -67,3 +67,25 @@ def test_a_model_whose_only_version_is_broken_keeps_the_server_unready(tmp_path)
     answer = client.get("/v2/models/digits-mlp/ready")
     assert answer.status_code == 503 and "failed to load" in answer.get_json()["error"]
     assert os.fspath(tmp_path) not in answer.get_json()["error"]  # no filesystem path in a response
+
+
+def test_batch_limits_per_model():
+    settings = Settings(max_batch_size="8,digits-cnn=2")
+    assert settings.batch_limit("digits-mlp") == 8 and settings.batch_limit("digits-cnn") == 2
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Settings(max_batch_size="8,digits-cnn=0")
+    client = create_app(Settings(models=SHIPPED_MODELS, background_load=False,
+                                 max_batch_size="8,digits-cnn=2")).test_client()
+    body = lambda model, shape: {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                                             "data": [0.0] * (shape[0] * 64)}]}
+    answer = client.post("/v2/models/digits-cnn/infer", json=body("digits-cnn", [3, 1, 8, 8]))
+    assert answer.status_code == 400 and "batch size 3 exceeds the maximum of 2" in answer.get_json()["error"]
+    assert client.post("/v2/models/digits-mlp/infer", json=body("digits-mlp", [3, 64])).status_code == 200
+
+
+def test_device_cuda_refuses_to_start_without_the_cuda_provider(tmp_path):
+    """ONNX Runtime falls back to the CPU silently; --device cuda must not (this machine has no GPU)."""
+    proc = subprocess.run([sys.executable, "-m", "service", "--device", "cuda", "--models", str(SHIPPED_MODELS),
+                           "--port", str(free_port()), "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "device 'cuda' was asked for, but this ONNX Runtime offers only" in proc.stdout + proc.stderr
