@@ -140,8 +140,8 @@ class ModelRegistry:
     # -- repository extension ------------------------------------------------------------------------------
     def load(self, name: str) -> list[VersionState]:
         """Load or reload `name` (the repository extension's load): here, then in every other worker."""
-        if not (self.settings.models / name).is_dir():
-            raise ModelNotFound(name, available=artifact.list_models(self.settings.models))
+        if not artifact.is_valid_name(name) or not (self.settings.models / name).is_dir():
+            raise ModelNotFound(name[:128], available=artifact.list_models(self.settings.models))
         with self._reload_lock:
             self._unloaded.discard(name)
             states = self.reconcile(name, retry_failed=True)
@@ -150,8 +150,8 @@ class ModelRegistry:
 
     def unload(self, name: str) -> None:
         """Stop serving every version of `name` until it is loaded again."""
-        if name not in self._models and not (self.settings.models / name).is_dir():
-            raise ModelNotFound(name, available=self.names())
+        if not artifact.is_valid_name(name) or (name not in self._models and not (self.settings.models / name).is_dir()):
+            raise ModelNotFound(name[:128], available=self.names())
         with self._reload_lock:
             self._unloaded.add(name)
             self.reconcile(name)

@@ -8,9 +8,8 @@ import re
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import artifact
 from service.dataplane import DataPlane
-from service.errors import BadRequest, Forbidden, ModelNotFound, Unauthorized
+from service.errors import BadRequest, Forbidden, Unauthorized
 from service.protocol import HEADER_LENGTH, compress, decompress
 
 bp = Blueprint("v2", __name__)
@@ -132,12 +131,6 @@ def repository_index():
     return json_response(_plane().repository_index(ready))
 
 
-def _model_name(name: str) -> str:
-    if not artifact.is_valid_name(name):
-        raise ModelNotFound(name[:128])
-    return name
-
-
 @bp.post("/v2/repository/models/<name>/load")
 def repository_load(name: str):
     _authorize()
@@ -145,7 +138,7 @@ def repository_load(name: str):
     if isinstance(params, dict) and ("config" in params or any(k.startswith("file:") for k in params)):
         raise BadRequest("loading a model from a config or files in the request is not supported; "
                          "publish the version into the repository, then call load")
-    _plane().load_model(_model_name(name))
+    _plane().load_model(name)
     return json_response({})
 
 
@@ -153,7 +146,7 @@ def repository_load(name: str):
 def repository_unload(name: str):
     _authorize()
     _json_body()
-    _plane().unload_model(_model_name(name))
+    _plane().unload_model(name)
     return json_response({})
 
 

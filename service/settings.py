@@ -73,7 +73,7 @@ class Settings:
         self.parse_version_policy()  # fail fast on a bad value
         if self.poll_seconds < 0:
             raise ValueError(f"poll_seconds: expected 0 or more, got {self.poll_seconds}")
-        self.batch_limit("")  # fail fast on a bad value
+        self._parse_batch_limits()
         for name in ("port", "threads", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
@@ -90,6 +90,10 @@ class Settings:
 
     def batch_limit(self, model: str) -> int:
         """The largest batch one request to `model` may carry."""
+        return self._batch_limits.get(model, self._batch_default)
+
+    def _parse_batch_limits(self) -> None:
+        """Parse max_batch_size once ('N' or 'N,model=M,...'), so a request only looks its model up."""
         default, *overrides = str(self.max_batch_size).split(",")
         limits = {}
         for item in overrides:
@@ -100,7 +104,7 @@ class Settings:
             limits[name.strip()] = int(value)
         if not default.strip().isdigit() or int(default) < 1:
             raise ValueError(f"max_batch_size: expected a positive number first, got {self.max_batch_size!r}")
-        return limits.get(model, int(default))
+        self._batch_default, self._batch_limits = int(default), limits
 
     @property
     def worker_count(self) -> int:

@@ -365,12 +365,11 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
     return summary
 
 
-def write_resolved_config(config: RunConfig, prepared: Prepared, hyper: dict, out: Path) -> dict:
+def write_resolved_config(config: RunConfig, prepared: Prepared, hyper: dict, out: Path) -> None:
     resolved = {**config.to_dict(), "network": hyper, "resolved_task": prepared.task, "form": prepared.form,
                 "series": prepared.data.kind == "series", "labels": prepared.labels,
                 "config_sha256": config.sha256()}
     (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    return resolved
 
 
 def read_history(out: Path, last_epoch: int) -> list[dict]:

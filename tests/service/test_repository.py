@@ -9,10 +9,8 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
 from service import artifact
 from tests.conftest import ROOT, SHIPPED_MODELS, start_server
