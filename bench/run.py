@@ -330,6 +330,52 @@ def measure(server: Server, model: str, encoding: str, script: Path, connections
     }
 
 
+def soak(server: Server, script: Path, requests: int, wrk_threads: int) -> dict:
+    """RSS of the server's process tree before and after at least `requests` more requests (wrk, c=64)."""
+    url = f"http://127.0.0.1:{server.port}/v2/models/digits-mlp/infer"
+    before = tree_memory(server.proc.pid)
+    done = errors = 0
+    while done < requests:
+        stats, _ = wrk(url, script, 64, 5, wrk_threads)
+        done += stats["requests"]
+        errors += stats["status"] + stats["connect"] + stats["read"] + stats["write"] + stats["timeout"]
+    after = tree_memory(server.proc.pid)
+    return {"requests": done, "errors": errors, "rss_mib_before": before["rss_mib"], "rss_mib_after": after["rss_mib"],
+            "rss_growth": after["rss_mib"] / before["rss_mib"] - 1}
+
+
+TARGETS = [  # (what, model, encoding, concurrency, ratio to the baseline, limit, higher is better)
+    ("digits-mlp JSON c=64 requests/s >= 2x baseline", "digits-mlp", "json", 64, "rps", 2.0, True),
+    ("digits-mlp JSON c=64 CPU/request <= 1/3 of baseline", "digits-mlp", "json", 64, "cpu_us_per_request", 1 / 3, False),
+    ("digits-cnn binary c=64 requests/s >= 2x baseline", "digits-cnn", "binary", 64, "rps", 2.0, True),
+]
+
+
+def check_targets(doc: dict) -> list[dict]:
+    """Issue 6's targets, each as a ratio in this run."""
+    rows = {(r["server"], r["model"], r["encoding"], r["concurrency"]): r for r in doc["runs"]}
+    results = []
+    for what, model, encoding, c, figure, limit, higher in TARGETS:
+        r = rows.get(("nnserve", model, encoding, c))
+        value = None if r is None else r["ratio"].get(figure)
+        results.append({"target": what, "value": value,
+                        "met": value is not None and (value >= limit if higher else value <= limit)})
+    for model in doc["settings"]["models"]:
+        for encoding in ("json", "binary"):
+            r, base = rows.get(("nnserve", model, encoding, 1)), rows.get(("naive", model, "json", 1))
+            if r and base:
+                results.append({"target": f"{model} {encoding} c=1 p50 no worse than baseline",
+                                "value": r["p50_ms"] / base["p50_ms"], "met": r["p50_ms"] <= base["p50_ms"]})
+    nnserve_runs = [r for r in doc["runs"] if r["server"] == "nnserve"]
+    errors = sum(r["errors"] for r in doc["runs"])
+    results.append({"target": "zero errors in every run", "value": errors, "met": errors == 0 and bool(nnserve_runs)})
+    if doc.get("soak"):
+        growth = doc["soak"]["rss_growth"]
+        results.append({"target": f"RSS growth under 5 % over {doc['soak']['requests']:,} requests",
+                        "value": growth, "met": growth < 0.05 and doc["soak"]["errors"] == 0})
+    return results
+
+
 def check_answer(server: Server, model: str, encoding: str, body: bytes, headers: dict) -> dict[str, list]:
     status, resp_headers, resp = server.request("POST", f"/v2/models/{model}/infer", body, headers)
     if status != 200:
@@ -419,6 +465,18 @@ def write_markdown(path: Path, doc: dict) -> None:
                      f"{fmt(b.get('rss_mib'))} | {fmt(b.get('pss_mib'))} |")
     lines += ["", "RSS sums every process's resident pages, so pages shared by the forked workers count once per "
               "process; PSS splits shared pages between the processes that map them.", ""]
+    if doc.get("soak"):
+        k = doc["soak"]
+        lines += ["## RSS over a soak", "", f"nnserve's process tree, digits-mlp JSON at c=64: RSS {k['rss_mib_before']:.1f} "
+                  f"MiB after the runs above, {k['rss_mib_after']:.1f} MiB after {k['requests']:,} more requests "
+                  f"({k['rss_growth']:+.2%}); errors {k['errors']}.", ""]
+    if doc.get("targets"):
+        lines += ["## Issue 6 targets, in this run", "", "| target | value | met |", "|---|--:|:-:|"]
+        for t in doc["targets"]:
+            v = t["value"]
+            shown = "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+            lines.append(f"| {t['target']} | {shown} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
     if doc.get("agreement"):
         lines += ["## Answers agree", "", "Max absolute difference of each server's answer to the benchmark sample "
                   "against nnserve's JSON answer:", "", "| model | server | body | max abs diff |", "|---|---|---|--:|"]
@@ -480,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/zoo", help="zoo run folders for the torch app")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument("--soak-requests", type=int, default=100_000,
+                        help="requests of the RSS soak after nnserve's runs (0: skip)")
     parser.add_argument("--floor-seconds", type=float, default=1.0, help="timing budget per floor measurement")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None else (3 if args.quick else 10)
@@ -546,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
                                   f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
                                   f"errors {row['errors']}  cpu {fmt(row['cpu_us_per_request'])} µs/req", flush=True)
                 doc["memory"][name]["after_runs"] = tree_memory(server.proc.pid)
+                if name == "nnserve" and args.soak_requests and "digits-mlp" in args.models:
+                    print(f"bench: soak, {args.soak_requests:,} requests to digits-mlp", flush=True)
+                    script, _, _ = write_script(workdir, "digits-mlp", "json")
+                    doc["soak"] = soak(server, script, args.soak_requests, args.wrk_threads)
+                    print(f"  RSS {doc['soak']['rss_mib_before']:.0f} -> {doc['soak']['rss_mib_after']:.0f} MiB "
+                          f"({doc['soak']['rss_growth']:+.2%}) over {doc['soak']['requests']:,} requests, "
+                          f"errors {doc['soak']['errors']}", flush=True)
             except Exception as exc:
                 doc["failures"].append(f"{name}: {exc}")
                 print(f"  FAILED {name}: {exc}", flush=True)
@@ -563,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "max_abs_diff": max(diffs)})
 
     add_ratios(doc["runs"])
+    doc["targets"] = check_targets(doc)
     order = {s: i for i, s in enumerate(args.servers)}
     doc["runs"].sort(key=lambda r: (args.models.index(r["model"]), r["concurrency"], order[r["server"]],
                                     r["encoding"] != "json"))

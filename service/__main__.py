@@ -1,4 +1,4 @@
-"""`python -m service`: run the V2 server under gunicorn with the model repository."""
+"""`python -m service`: run the V2 server (granian or gunicorn workers) on the model repository."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--models", type=Path, help="model repository folder (default models)")
+    parser.add_argument("--server", choices=["granian", "gunicorn"], help="HTTP server (default granian)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per available CPU)")
-    parser.add_argument("--threads", type=int, help="request threads per worker (default 4)")
+    parser.add_argument("--threads", type=int, help="request threads per worker (default 8)")
     parser.add_argument("--version-policy", help="'all' (default), 'latest' (the highest) or 'latest:N'")
+    parser.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false", default=None,
+                        help="run every request on its own, whatever config.pbtxt says")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
@@ -28,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per-model overrides such as 256,digits-cnn=64 (default 256)")
     parser.add_argument("--poll-seconds", type=float, help="hot reload: rescan the repository this often for new "
                         "versions (default 5; 0 = only on load calls)")
+    parser.add_argument("--access-log", action="store_true", default=None,
+                        help="log one JSON line per request (default off)")
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     return parser.parse_args(argv)
 
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"python -m service: {exc}") from None
     if not settings.models.is_dir():
         raise SystemExit(f"python -m service: model repository {settings.models} is not a folder")
-    if settings.device == "cuda":  # asked in a child: onnxruntime must not be imported before gunicorn forks
+    if settings.device == "cuda":  # asked in a child: onnxruntime must not be imported before the server forks
         providers = subprocess.run([sys.executable, "-c", "import onnxruntime; print(*onnxruntime.get_available_providers())"],
                                    capture_output=True, text=True).stdout.split()
         if "CUDAExecutionProvider" not in providers:

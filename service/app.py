@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -17,13 +16,12 @@ from service import rest
 from service.dataplane import DataPlane
 from service.control import Control
 from service.errors import ServiceError
+from service.fastpath import REQUEST_ID_RE, FastPath, log_access
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("nnserve.access")
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # echoed in a header and logged: keep it plain
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -35,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["nnserve"] = DataPlane(settings, registry, metrics)
+    plane = app.extensions["nnserve"] = DataPlane(settings, registry, metrics)
     app.register_blueprint(rest.bp)
     _register_error_handlers(app)
 
@@ -50,13 +48,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         response.headers["X-Request-ID"] = g.request_id
-        # One JSON line per request (never the body); the model and version once known. Built only when logged.
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "request_id": g.request_id, "method": request.method, "route": route,
-                "status": response.status_code, "model": g.get("model"), "version": g.get("version"),
-                "duration_ms": round((time.perf_counter() - g.started) * 1000, 3)}))
+        log_access(g.request_id, request.method, route, response.status_code, g.get("model"), g.get("version"),
+                   g.started)
         return response
+
+    app.wsgi_app = FastPath(app.wsgi_app, plane)  # infer and health without Flask's per-request cost
 
     def load_then_watch() -> None:
         registry.load_all()

@@ -77,3 +77,8 @@ class ModelMetrics:
         self.queue_duration = metrics.queue_duration.labels(model, version)
         self.compute_duration = metrics.compute_duration.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
+
+    def observe_run(self, samples: int, seconds: float) -> None:
+        """One ONNX Runtime execution: its batch size and duration."""
+        self.batch_size.observe(samples)
+        self.compute_duration.observe(seconds)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.artifact import DATATYPES
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -115,11 +116,12 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
     else:
         header, binary = body, memoryview(b"")
     try:
-        req = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+        req = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        try:  # Python's parser also reads NaN and Infinity, so that the check below can name the input
+            req = json.loads(header)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
 
@@ -281,17 +283,14 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise BadRequest(f"the model produced non-finite values in output '{name}' for these inputs "
                                  "(they are outside the range it handles)")
-            out["data"] = array.reshape(-1).tolist()
+            # orjson writes numeric arrays itself (float32 as its shortest round-trip form); strings via lists
+            out["data"] = array.reshape(-1).tolist() if array.dtype.kind == "O" else array.reshape(-1)
         outputs.append(out)
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = outputs
-    try:
-        header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:  # JSON has no NaN or Infinity; a strict client could not parse the answer
-        raise BadRequest("the model produced non-finite values for these inputs (they are outside the range it "
-                         "handles); nothing to return") from None
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service import artifact
+from service.batching import Batcher, parse_config
 from service.control import Control
 from service.errors import BadRequest, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
@@ -119,6 +120,13 @@ class ModelRegistry:
         try:
             model = load_model(self.settings.models / name / str(version), self.settings.device,
                                self.settings.session_threads)
+            if self.settings.dynamic_batching:
+                try:
+                    config = parse_config(self.settings.models / name / "config.pbtxt", self.settings.batch_limit(name))
+                except (ValueError, OSError) as exc:
+                    raise LoadError(f"config.pbtxt: {exc}") from None
+                if config is not None:
+                    model.batcher = Batcher(config, self.metrics.for_model(name, str(version)).observe_run)
         except Exception as exc:  # LoadError, or anything unforeseen (a folder where a file should be, ...)
             if not isinstance(exc, LoadError):
                 log.exception("unexpected error loading %s version %s", name, version)

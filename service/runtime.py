@@ -67,6 +67,7 @@ class LoadedModel:
         self.num_classes = len(self.metadata.get("labels") or [])
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
         self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
+        self.batcher = None  # a service.batching.Batcher when the model is dynamically batched
 
     def describe(self, versions: list[str]) -> dict:
         """V2 model metadata response."""
@@ -82,6 +83,8 @@ class LoadedModel:
                 "version": self.version_str,
                 "provider": self.provider,
                 **({"labels": json.dumps(self.metadata["labels"])} if self.metadata.get("labels") else {}),
+                # V2 parameters are scalars: the batching configuration as JSON, like the labels
+                "dynamic_batching": json.dumps(self.batcher.config.describe() if self.batcher else None),
             },
         }
 

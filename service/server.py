@@ -1,8 +1,17 @@
-"""The production server: gunicorn with threaded workers running the Flask app."""
+"""The production servers: granian (the default, chosen by measurement: docs/performance.md) or gunicorn.
+
+Either runs worker processes that each build their own app (and ONNX Runtime sessions) after the fork:
+onnxruntime loaded in the master makes every forked worker abort (SIGABRT) when it exits.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+from functools import partial
+from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -46,7 +55,7 @@ class DrainingThreadWorker(ThreadWorker):
             listener.close()
 
 
-class Server(BaseApplication):
+class GunicornServer(BaseApplication):
     """gunicorn configured from Settings; each worker builds its own app and ONNX Runtime sessions."""
 
     def __init__(self, settings: Settings):
@@ -72,11 +81,90 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        # Imported in the worker, after the fork: onnxruntime loaded in the master makes every forked worker
-        # abort (SIGABRT) when it exits.
-        from service.app import create_app
+        from service.app import create_app  # in the worker, after the fork
 
         return create_app(self.settings)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def forget_dead_workers(settings: Settings) -> None:
+    """At a worker's start: drop the live gauges and load acknowledgements of worker processes that are gone.
+
+    gunicorn reports a dead worker to `_child_exit`; granian has no such hook, so a (re)started worker cleans
+    up after the ones before it.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    pids = set()
+    if folder:
+        for entry in Path(folder).glob("gauge_live*_*.db"):
+            pid = entry.stem.rpartition("_")[2]
+            if pid.isdigit():
+                pids.add(int(pid))
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid)
+            if settings.state_dir:
+                Control(settings.state_dir).forget(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this worker if the master dies (Linux), so that no orphan keeps the port.
+
+    A SIGTERM that reaches the master while a worker is still loading its models can end the master first;
+    without this the worker would go on serving alone.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the master is already gone
+        os._exit(1)
+
+
+def _granian_app(target: str, settings: Settings, master: int):
+    """granian's target loader, called in each worker after the fork."""
+    die_with_parent()
+    if os.getppid() != master:
+        os._exit(1)
+    from service.app import create_app
+
+    forget_dead_workers(settings)
+    return create_app(settings)
+
+
+def run_granian(settings: Settings) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server as Granian
+
+    server = Granian(
+        "service.app:create_app",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.WSGI,
+        workers=settings.worker_count,
+        blocking_threads=settings.threads,
+        backlog=2048,
+        loop=Loops.asyncio,
+        log_level=LogLevels(settings.log_level.lower()),
+        workers_kill_timeout=30,  # on SIGTERM, in-flight requests get this long to finish
+        respawn_failed_workers=True,
+        websockets=False,
+    )
+    server.serve(target_loader=partial(_granian_app, settings=settings, master=os.getpid()))
 
 
 def run(settings: Settings) -> None:
@@ -87,4 +175,8 @@ def run(settings: Settings) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
-    Server(settings).run()
+    access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
+    if settings.server == "granian":
+        run_granian(settings)
+    else:
+        GunicornServer(settings).run()

@@ -10,6 +10,7 @@ from typing import Mapping
 
 ENV_PREFIX = "NNSERVE_"
 DEVICES = ("auto", "cpu", "cuda")
+SERVERS = ("granian", "gunicorn")
 
 
 def available_cpus() -> int:
@@ -34,10 +35,12 @@ class Settings:
     """Address to listen on."""
     port: int = 8080
     """Port to listen on."""
+    server: str = "granian"
+    """HTTP server: granian (Rust HTTP, measured fastest: docs/performance.md) or gunicorn (gthread workers)."""
     workers: int = 0
     """Server worker processes; 0 = one per available CPU."""
-    threads: int = 4
-    """Request threads per worker."""
+    threads: int = 8
+    """Request threads per worker (granian's blocking threads, gunicorn's gthread threads)."""
     version_policy: str = "all"
     """Which versions to serve: 'all', or 'latest[:N]' (the N highest, default 1); requests without a version get
     the highest. 'all' by default, so that a freshly published version serves beside the one before it."""
@@ -46,6 +49,9 @@ class Settings:
     max_batch_size: str = "256"
     """Largest batch one request may carry: a number for every model, then optional per-model overrides,
     e.g. '256,digits-cnn=64,co2-lstm=32' (256 is the max_batch_size of the config.pbtxt that export writes)."""
+    dynamic_batching: bool = True
+    """Batch concurrent requests per model version as its config.pbtxt's dynamic_batching block says (off: every
+    request runs on its own)."""
     device: str = "auto"
     """ONNX Runtime device: auto (CUDA when available, else CPU), cpu, or cuda (refuse to start without it)."""
     ort_threads: int = 0
@@ -63,11 +69,16 @@ class Settings:
     """Folder shared by the workers for load/unload calls; `python -m service` makes one (empty = one process)."""
     log_level: str = "info"
     """Log level of the server."""
+    access_log: bool = False
+    """Log one JSON line per request (request id, route, status, model, version, duration). Off by default, as in
+    gunicorn and Triton: at thousands of requests per second it costs a fifth of the CPU; metrics count everything."""
     extra: dict = field(default_factory=dict)
     """Free-form overrides for tests (kept out of the environment)."""
 
     def __post_init__(self) -> None:
         self.models = Path(self.models)
+        if self.server not in SERVERS:
+            raise ValueError(f"server: expected one of {list(SERVERS)}, got {self.server!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {list(DEVICES)}, got {self.device!r}")
         self.parse_version_policy()  # fail fast on a bad value

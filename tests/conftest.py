@@ -66,13 +66,13 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None) -> tuple[int, dict, bytes]:
-        """(status, headers, body) of one HTTP request; never raises on 4xx/5xx."""
+        """(status, headers (case-insensitive), body) of one HTTP request; never raises on 4xx/5xx."""
         req = urllib.request.Request(f"http://{self.url}{path}", data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read()
+            return err.code, err.headers, err.read()
 
     def json(self, method: str, path: str, payload=None, raw: bytes | None = None) -> tuple[int, dict]:
         body = raw if raw is not None else (None if payload is None else json.dumps(payload).encode())

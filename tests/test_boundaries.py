@@ -28,12 +28,12 @@ def test_artifact_contract_is_standard_library_only():
 def test_training_loads_no_web_stack():
     modules = loaded_modules("import training.__main__, training.trainer, training.export, training.config")
     assert "torch" in modules
-    assert not {"flask", "gunicorn", "werkzeug", "prometheus_client"} & modules
+    assert not {"flask", "gunicorn", "granian", "werkzeug", "prometheus_client"} & modules
 
 
 def test_the_server_master_does_not_load_onnxruntime():
-    """gunicorn forks workers from the master; a worker that uses an onnxruntime the master imported aborts
-    (SIGABRT, 'std::system_error') when it exits. Only workers import it, after the fork."""
+    """granian and gunicorn fork workers from the master; a worker that uses an onnxruntime the master imported
+    aborts (SIGABRT, 'std::system_error') when it exits. Only workers import it, after the fork."""
     modules = loaded_modules("import service.__main__, service.server, service.settings, service.control")
     assert "gunicorn" in modules
     assert "onnxruntime" not in modules

@@ -30,13 +30,20 @@ def _tensor_pbtxt(spec: dict) -> str:
     return text + "  }"
 
 
+# Off by default: for the zoo's models on CPU, requests running side by side on the server's threads measured
+# faster than batched (docs/performance.md). Uncomment (Triton and nnserve both read it) for larger models or GPU.
+DYNAMIC_BATCHING_OFF = ("# Dynamic batching: off (measured slower for small models on CPU, docs/performance.md);\n"
+                        "# uncomment to merge concurrent requests into one run.\n"
+                        "# dynamic_batching { max_queue_delay_microseconds: 0 }\n")
+
+
 def triton_config(meta: dict) -> str:
     """Triton's config.pbtxt for a model, from its metadata (same repository, served by Triton unchanged)."""
     inputs = ",\n".join(_tensor_pbtxt(t) for t in meta["inputs"])
     outputs = ",\n".join(_tensor_pbtxt(t) for t in meta["outputs"])
     return (f'# Written by nnserve for Triton Inference Server ({meta["architecture"]}, {meta["task"]}).\n'
             f'name: "{meta["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\ndynamic_batching {{ }}\n")
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n{DYNAMIC_BATCHING_OFF}")
 
 
 def _fmt(value) -> str:

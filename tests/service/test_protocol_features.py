@@ -24,7 +24,7 @@ MODELS = artifact.list_models(SHIPPED_MODELS)
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory):
     srv = start_server(SHIPPED_MODELS, tmp_path_factory.mktemp("logs"), "--workers", "2", "--threads", "4",
-                       "--max-body-bytes", str(2 * 1024 * 1024))
+                       "--max-body-bytes", str(2 * 1024 * 1024), "--access-log")
     yield srv
     srv.stop()
 
@@ -139,21 +139,26 @@ def test_request_id_is_echoed_and_logged_as_json(shipped_server):
     lines = []
     while time.monotonic() < deadline and not lines:
         lines = [json.loads(line) for line in shipped_server.log.read_text().splitlines()
-                 if line.startswith('{"request_id": "client-42"')]
+                 if line.startswith('{"request_id":"client-42"')]
         time.sleep(0.1)
     assert lines[0] == {**lines[0], "status": 200, "model": "digits-mlp", "version": "1", "method": "POST",
                         "route": "/v2/models/<name>/infer"}
     assert "data" not in json.dumps(lines[0]) and lines[0]["duration_ms"] > 0
 
 
-def test_sigterm_under_load_finishes_in_flight_requests(tmp_path):
+# Connections the kernel completed but no worker accepted before the listener closed are reset: gunicorn's
+# DrainingThreadWorker accepts its backlog first (0 to 2 left in this test); granian closes at once, so up to one
+# per client (8 here) can be lost. Either way every request a worker started on is answered.
+@pytest.mark.parametrize("server, lost_at_most", [("granian", 8), ("gunicorn", 2)])
+def test_sigterm_under_load_finishes_in_flight_requests(tmp_path, server, lost_at_most):
     """Every request the server started on is answered; clients arriving later are refused, not cut off.
 
     Each request carries its own X-Request-ID and the server logs one line per request it processed, so the
     test can tell a request that was in flight from a connection the kernel took but no worker ever accepted
     (TCP's race between the last accept and the close of the listener; see DrainingThreadWorker).
     """
-    srv = start_server(SHIPPED_MODELS, tmp_path, "--workers", "2", "--threads", "4")
+    srv = start_server(SHIPPED_MODELS, tmp_path, "--workers", "2", "--threads", "4", "--server", server,
+                       "--access-log")
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                    "data": [1.0] * 64}]}).encode()
     results = {"ok": set(), "refused": 0, "broken": {}}
@@ -198,9 +203,9 @@ def test_sigterm_under_load_finishes_in_flight_requests(tmp_path):
     for t in threads:
         t.join(15)
     processed = {json.loads(line)["request_id"]: json.loads(line)["status"] for line in srv.log.read_text().splitlines()
-                 if line.startswith('{"request_id": "t')}
+                 if line.startswith('{"request_id":"t')}
     assert code == 0 and len(results["ok"]) > 50 and results["refused"] > 0
     assert set(processed) == results["ok"], "a request the server processed did not reach its client"
     assert all(status == 200 for status in processed.values())
     assert not set(results["broken"]) & set(processed)
-    assert len(results["broken"]) <= 2, results["broken"]  # only TCP's accept/close race (stock gunicorn: ~13)
+    assert len(results["broken"]) <= lost_at_most, results["broken"]  # TCP's accept/close race (stock gunicorn: ~13)

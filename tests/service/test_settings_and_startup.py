@@ -89,3 +89,36 @@ def test_device_cuda_refuses_to_start_without_the_cuda_provider(tmp_path):
                            "--port", str(free_port()), "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "device 'cuda' was asked for, but this ONNX Runtime offers only" in proc.stdout + proc.stderr
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            found.update(int(c) for c in fh.read().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+@pytest.mark.parametrize("wait", [0.0, 1.5])
+def test_no_worker_outlives_the_server(tmp_path, server, wait):
+    """SIGTERM at once after the first worker is ready (others may still be loading), or later: all exit."""
+    from tests.conftest import start_server
+
+    srv = start_server(SHIPPED_MODELS, tmp_path, "--workers", "2", "--server", server)
+    time.sleep(wait)
+    workers = _children(srv.process.pid)
+    assert workers
+    assert srv.stop() == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if _alive(p)]

@@ -1,0 +1,197 @@
+"""Dynamic batching per model version, with Triton's semantics.
+
+Concurrent requests for one model version are merged into one ONNX Runtime run. Configured per model by the
+`dynamic_batching { ... }` block of its Triton `config.pbtxt` (what `python -m training export` writes):
+
+    dynamic_batching {
+      max_queue_delay_microseconds: 0      # default 0: when the session is free, run whatever is queued now
+      preferred_batch_size: [ 16, 32 ]     # with a delay: stop waiting once a preferred size is reached
+      default_queue_policy { max_queue_size: 64 }   # requests waiting beyond this get 503 (0 = unbounded)
+    }
+
+A model without the block is not batched (as in Triton). The batch never exceeds the model's max_batch_size.
+
+How it runs, with no thread of its own: a request thread puts its request in the queue; if no thread is
+running the session, it becomes the runner, takes the queued requests that can be stacked with the first one
+(the same inputs' trailing shapes and requested outputs) up to max_batch_size samples, runs them as one batch,
+wakes each of their threads with its rows, and goes on while its own request is still queued; then it wakes the
+oldest waiting request to take over. So at low load a request runs at once on its own thread (no hand-off, no
+added latency), and under load the requests that arrived during a run go together in the next. Each wake-up
+is one lock release aimed at one thread (no broadcast).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import ServiceError
+
+
+class QueueFull(ServiceError):
+    status_code = 503
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0  # 0: unbounded
+
+    def describe(self) -> dict:
+        return {"max_batch_size": self.max_batch_size, "max_queue_delay_microseconds": self.max_queue_delay_us,
+                "preferred_batch_size": list(self.preferred_batch_sizes), "max_queue_size": self.max_queue_size}
+
+
+def _block(text: str, name: str) -> str | None:
+    """The body of `name { ... }` in protobuf text (braces balanced), or None."""
+    match = re.search(rf"(?m)^\s*{name}\s*\{{", text)
+    if not match:
+        return None
+    depth, start = 1, match.end()
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    raise ValueError(f"config.pbtxt: unbalanced braces after '{name}'")
+
+
+def parse_config(path: Path, max_batch_size: int) -> BatchingConfig | None:
+    """The dynamic_batching block of a Triton config.pbtxt, or None when the file or the block is absent."""
+    try:
+        text = re.sub(r"#[^\n]*", "", path.read_text())
+    except FileNotFoundError:
+        return None
+    body = _block(text, "dynamic_batching")
+    if body is None:
+        return None
+
+    def number(key: str, where: str) -> int:
+        found = re.search(rf"\b{key}\s*:\s*(\d+)", where)
+        return int(found.group(1)) if found else 0
+
+    sizes = re.search(r"\bpreferred_batch_size\s*:\s*\[([^\]]*)\]", body)
+    preferred = tuple(sorted(int(s) for s in re.findall(r"\d+", sizes.group(1)))) if sizes else ()
+    preferred += tuple(int(s) for s in re.findall(r"\bpreferred_batch_size\s*:\s*(\d+)", body))
+    policy = _block(body, "default_queue_policy") or ""
+    return BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=number("max_queue_delay_microseconds", body),
+                          preferred_batch_sizes=tuple(sorted(set(p for p in preferred if 0 < p <= max_batch_size))),
+                          max_queue_size=number("max_queue_size", policy))
+
+
+class _Request:
+    __slots__ = ("feed", "outputs", "key", "rows", "done", "result", "error", "started", "signal")
+
+    def __init__(self, feed: dict[str, np.ndarray], outputs: tuple[str, ...], key: tuple, rows: int):
+        self.feed, self.outputs, self.key, self.rows = feed, outputs, key, rows
+        self.done, self.result, self.error, self.started = False, None, None, 0.0
+        self.signal = threading.Lock()  # held while the request waits; released when done or made the runner
+        self.signal.acquire()
+
+
+class Batcher:
+    """The queue of one model version. `run(model, feed, outputs)` returns that request's outputs."""
+
+    def __init__(self, config: BatchingConfig, observe: Callable[[int, float], None]):
+        self.config = config
+        self.observe = observe  # called with (samples, seconds) after each run: the batch-size histogram
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # used only with a queue delay
+        self._queue: deque[_Request] = deque()
+        self._running = False
+
+    def run(self, model, feed: dict[str, np.ndarray], outputs: list[str]) -> tuple[dict, float]:
+        """(this request's outputs, perf_counter() when its batch started to run)."""
+        key = (tuple(outputs), tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feed.items())))
+        request = _Request(feed, tuple(outputs), key, next(iter(feed.values())).shape[0])
+        with self._lock:
+            if self.config.max_queue_size and len(self._queue) >= self.config.max_queue_size:
+                raise QueueFull(f"model '{model.name}' version {model.version}: the batching queue is full "
+                                f"({self.config.max_queue_size} requests waiting); retry later")
+            self._queue.append(request)
+            wait = self._running
+            self._running = True
+            if self.config.max_queue_delay_us:
+                self._arrived.notify()  # a runner waiting for more requests counts this one
+        if wait:
+            request.signal.acquire()  # released by the runner: with the result, or to make this one the runner
+            if request.done:
+                return self._outcome(request)
+        try:
+            while not request.done:
+                self._execute(model, self._take(), request)
+        finally:
+            with self._lock:  # hand over to the oldest waiting request, or stop
+                if self._queue:
+                    self._queue[0].signal.release()
+                else:
+                    self._running = False
+        return self._outcome(request)
+
+    @staticmethod
+    def _outcome(request: _Request) -> tuple[dict, float]:
+        if request.error is not None:
+            raise request.error
+        return request.result, request.started
+
+    def _take(self) -> list[_Request]:
+        """Take the next batch: the first queued request and those that stack with it, after the queue delay."""
+        config = self.config
+        with self._lock:
+            if config.max_queue_delay_us:
+                deadline = time.perf_counter() + config.max_queue_delay_us / 1e6
+                target = config.preferred_batch_sizes[-1] if config.preferred_batch_sizes else config.max_batch_size
+                while True:
+                    queued = self._stackable_rows()
+                    left = deadline - time.perf_counter()
+                    if queued >= target or queued in config.preferred_batch_sizes or left <= 0:
+                        break
+                    self._arrived.wait(left)
+            first = self._queue[0]
+            batch, rows, keep = [], 0, deque()
+            while self._queue:
+                item = self._queue.popleft()
+                if item.key == first.key and rows + item.rows <= config.max_batch_size:
+                    batch.append(item)
+                    rows += item.rows
+                else:
+                    keep.append(item)
+            self._queue = keep
+        return batch
+
+    def _stackable_rows(self) -> int:
+        first = self._queue[0]
+        return sum(item.rows for item in self._queue if item.key == first.key)
+
+    def _execute(self, model, batch: list[_Request], runner: _Request) -> None:
+        started = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                values = model.run(batch[0].feed, list(batch[0].outputs))
+                parts = [values]
+            else:
+                feed = {name: np.concatenate([item.feed[name] for item in batch]) for name in batch[0].feed}
+                values = model.run(feed, list(batch[0].outputs))
+                parts, offset = [], 0
+                for item in batch:
+                    parts.append({name: value[offset:offset + item.rows] for name, value in values.items()})
+                    offset += item.rows
+            errors = [None] * len(batch)
+        except BaseException as exc:  # every request of the batch gets the error (InferenceFailed: a 500)
+            parts, errors = [None] * len(batch), [exc] * len(batch)
+        seconds = time.perf_counter() - started
+        for item, part, error in zip(batch, parts, errors):
+            item.result, item.error, item.started = part, error, started
+            item.done = True
+        for item in batch:
+            if item is not runner:  # every other request of the batch is waiting on its signal
+                item.signal.release()
+        self.observe(sum(item.rows for item in batch), seconds)

@@ -1,0 +1,129 @@
+"""The inference hot path as plain WSGI, in front of the Flask app.
+
+A Flask request costs more CPU than an MLP's whole inference (routing, the request and response objects, the
+before/after hooks). `POST .../infer` with a Content-Length and the health probes are answered here from the
+WSGI environ directly, with the same behaviour as the Flask routes: the same DataPlane call, the same JSON
+errors, X-Request-ID, the access log line and the HTTP request counter. Everything else, and any infer request
+this path declines (a chunked body, one over the size limit), goes to Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+
+from service.dataplane import DataPlane
+from service.errors import BadRequest, ServiceError
+from service.protocol import HEADER_LENGTH, compress, decompress
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("nnserve.access")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # echoed in a header and logged: keep it plain
+INFER_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+HEADER_LENGTH_RE = re.compile(r"[0-9]{1,12}")
+INFER_ROUTE = "/v2/models/<name>/infer"
+INFER_VERSION_ROUTE = "/v2/models/<name>/versions/<version>/infer"
+STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
+                404: "404 Not Found", 413: "413 Request Entity Too Large", 415: "415 Unsupported Media Type",
+                500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+READY = orjson.dumps({"ready": True})
+NOT_READY = orjson.dumps({"ready": False})
+LIVE = orjson.dumps({"live": True})
+
+
+def log_access(request_id: str, method: str, route: str, status: int, model: str | None, version: str | None,
+               started: float) -> None:
+    """One JSON line per request (never the body), with the model and version once known; built only if logged."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(orjson.dumps({
+            "request_id": request_id, "method": method, "route": route, "status": status, "model": model,
+            "version": version, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
+
+
+def json_bytes(payload) -> bytes:
+    return orjson.dumps(payload)
+
+
+class FastPath:
+    """WSGI middleware: answers infer and health requests itself, passes the rest to `app`."""
+
+    def __init__(self, app, plane: DataPlane):
+        self.app = app
+        self.plane = plane
+        self.max_body = plane.settings.max_body_bytes
+        self.counters: dict[tuple[str, str, int], object] = {}  # bound children of nnserve_http_requests
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "")
+        if method == "POST" and path.endswith("/infer"):
+            match = INFER_RE.fullmatch(path)
+            length = environ.get("CONTENT_LENGTH")
+            if match and length and length.isdigit() and int(length) <= self.max_body:
+                return self._infer(environ, start_response, match.group(1), match.group(2), int(length))
+        elif method == "GET" and path in ("/v2/health/ready", "/v2/health/live"):
+            started = time.perf_counter()
+            if path.endswith("live"):
+                return self._respond(environ, start_response, started, path, 200, LIVE)
+            ready = self.plane.ready()
+            return self._respond(environ, start_response, started, path, 200 if ready else 503,
+                                 READY if ready else NOT_READY)
+        return self.app(environ, start_response)
+
+    def _infer(self, environ, start_response, name: str, version: str | None, length: int):
+        started = time.perf_counter()
+        route = INFER_ROUTE if version is None else INFER_VERSION_ROUTE
+        model_name = model_version = None
+        headers = []
+        try:
+            header_length = None
+            raw = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
+            if raw is not None:
+                if not HEADER_LENGTH_RE.fullmatch(raw.strip()):
+                    raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw[:32]!r}")
+                header_length = int(raw)
+            body = environ["wsgi.input"].read(length) if length else b""
+            encoding = environ.get("HTTP_CONTENT_ENCODING")
+            if encoding:
+                body = decompress(body, encoding.strip().lower(), self.max_body)
+            payload, binary_header, model = self.plane.infer(name, version, body, header_length)
+            model_name, model_version = model.name, model.version_str
+            accept = environ.get("HTTP_ACCEPT_ENCODING")
+            if accept:
+                payload, encoding = compress(payload, accept)
+                if encoding:
+                    headers.append(("Content-Encoding", encoding))
+            if binary_header is None:
+                headers.append(("Content-Type", "application/json"))
+            else:
+                headers.append(("Content-Type", "application/octet-stream"))
+                headers.append((HEADER_LENGTH, str(binary_header)))
+            status = 200
+        except ServiceError as exc:
+            status, payload, headers = exc.status_code, json_bytes({"error": exc.message}), []
+        except Exception:  # a bug: logged with its traceback, answered as Flask's handler would
+            log.exception("unhandled error on POST %s", environ.get("PATH_INFO", "")[:200])
+            status, payload, headers = 500, json_bytes({"error": "internal server error"}), []
+        return self._respond(environ, start_response, started, route, status, payload, headers,
+                             model_name, model_version)
+
+    def _respond(self, environ, start_response, started: float, route: str, status: int, payload: bytes,
+                 headers: list | None = None, model: str | None = None, version: str | None = None):
+        headers = headers or [("Content-Type", "application/json")]
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        headers.append(("Content-Length", str(len(payload))))
+        headers.append(("X-Request-ID", request_id))
+        method = environ["REQUEST_METHOD"]
+        key = (route, method, status)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = self.plane.metrics.http_requests.labels(route, method, str(status))
+        counter.inc()
+        log_access(request_id, method, route, status, model, version, started)
+        start_response(STATUS_LINES.get(status, f"{status} Error"), headers)
+        return [payload]
