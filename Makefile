@@ -42,7 +42,8 @@ clean:
 	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache
 
 # The benchmark suite (bench/run.py): wrk, both venvs, the zoo run folders the torch app loads, then one run.
-# BENCH_ARGS=--quick for 3 s runs; results in bench/results/ (results.md, results.json, chart.png).
+# BENCH_ARGS=--quick for 3 s runs; results in bench/results/ (results.md, results.json, chart.png,
+# train_speed.json).
 BENCH_MODELS := digits-mlp digits-cnn co2-lstm digits-transformer
 BENCH_ARGS ?=
 .PHONY: bench
@@ -51,3 +52,4 @@ bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed
 	missing=$$(for m in $(BENCH_MODELS); do test -f runs/zoo/$$m/summary.json || echo $$m; done); \
 	test -z "$$missing" || $(DEV_VENV)/bin/python -m training zoo --out runs/zoo --only $$missing --quiet
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(DEV_VENV)/bin/python -m bench.train_speed

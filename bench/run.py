@@ -166,14 +166,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_specs(models: list[str], repository: Path, runs: Path) -> dict[str, dict]:
+def batched_repository(repository: Path, workdir: Path) -> Path:
+    """A copy of the repository with every model's dynamic_batching block turned on (for the nnserve-batched run)."""
+    copy = workdir / "models-batched"
+    if not copy.exists():
+        shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("plots", "*.md", ".publish.lock"))
+        for config in copy.glob("*/config.pbtxt"):
+            config.write_text(config.read_text().replace("# dynamic_batching {", "dynamic_batching {"))
+    return copy
+
+
+def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path) -> dict[str, dict]:
     gthread = ["-k", "gthread", "-w", "2", "--threads", "4", "--timeout", "60"]
+    service = [str(ROOT / ".venv/bin/python"), "-m", "service", "--models"]
     return {
         "nnserve": {
-            "argv": lambda port: [str(ROOT / ".venv/bin/python"), "-m", "service", "--models", str(repository),
-                                  "--port", str(port)],
+            "argv": lambda port: [*service, str(repository), "--port", str(port)],
             "env": {}, "encodings": ["json", "binary"],
-            "describe": "python -m service (its defaults: gunicorn gthread, one worker per CPU, 4 threads)",
+            "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, no dynamic batching)",
+        },
+        # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
+        "nnserve-gunicorn": {
+            "argv": lambda port: [*service, str(repository), "--port", str(port), "--server", "gunicorn"],
+            "env": {}, "encodings": ["json"], "describe": "python -m service --server gunicorn (gthread workers)",
+        },
+        "nnserve-access-log": {
+            "argv": lambda port: [*service, str(repository), "--port", str(port), "--access-log"],
+            "env": {}, "encodings": ["json"], "describe": "python -m service --access-log (one JSON line per request)",
+        },
+        "nnserve-batched": {
+            "argv": lambda port: [*service, str(batched_repository(repository, workdir)), "--port", str(port)],
+            "env": {}, "encodings": ["json"],
+            "describe": "python -m service with every config.pbtxt's dynamic_batching block on (queue delay 0)",
         },
         "naive": {
             "argv": lambda port: [str(ROOT / ".venv/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
@@ -532,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: a fifth of the duration, at least 1)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch"],
-                        choices=["nnserve", "naive", "torch"])
+                        choices=["nnserve", "naive", "torch", "nnserve-gunicorn", "nnserve-access-log",
+                                 "nnserve-batched"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads, capped at the connections")
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
@@ -571,10 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in doc["floor"]:
         print(f"  {f['model']:<20} ort {f['ort_threads']:<8} batch {f['batch']:>2}: {f['median_us']:8.1f} µs", flush=True)
 
-    specs = server_specs(args.models, args.repository, args.runs)
     answers: dict[tuple, dict] = {}
     with tempfile.TemporaryDirectory(prefix="nnserve-bench-") as tmp:
         workdir = Path(tmp)
+        specs = server_specs(args.models, args.repository, args.runs, workdir)
         for name in args.servers:
             spec = specs[name]
             doc["servers"][name] = spec["describe"]
@@ -582,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(name, spec, workdir)
             try:
                 ready_s = server.wait_ready()
-                loaded = "all in the repository" if name == "nnserve" else ", ".join(args.models)
+                loaded = "all in the repository" if name.startswith("nnserve") else ", ".join(args.models)
                 doc["memory"][name] = {"models": loaded, "ready_s": ready_s,
                                        "after_ready": tree_memory(server.proc.pid)}
                 print(f"  ready in {ready_s:.1f} s on port {server.port}; "

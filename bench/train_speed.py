@@ -3,8 +3,8 @@
 Same zoo configuration, same network (built by the trainer's own builder), same optimizer, data, batch size and
 epochs, in the same process. The trainer's time includes everything it does per epoch (validation, the
 checkpoint, metrics.jsonl); the hand loop only trains. Samples/s are counted over epochs 2..N (the first is a
-warm-up for both), from the trainer's own end-of-epoch log lines. Early stopping is turned off so both run N
-epochs.
+warm-up for both), from the trainer's own end-of-epoch log lines; each side runs --repeats times, alternated,
+and the median counts. Early stopping is turned off so both run N epochs.
 
     .venv-dev/bin/python -m bench.train_speed [--models digits-mlp digits-cnn] [--epochs 12]
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -61,31 +62,38 @@ def hand_loop_stamps(config, epochs: int) -> tuple[list[float], int]:
             optimizer.zero_grad(set_to_none=True)
             value = loss(network(xb), training_target(prepared.task, network, xb, None if y is None else y[idx]))
             value.backward()
+            if config.train.grad_clip > 0:  # the same work as the trainer where the config clips
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
             optimizer.step()
         stamps.append(time.perf_counter())
     return stamps, len(X)
 
 
-def measure(name: str, epochs: int) -> dict:
+def measure(name: str, epochs: int, repeats: int) -> dict:
     from training.config import apply_overrides, load_config
     from training.zoo import CONFIG_DIR
 
     config = apply_overrides(load_config(CONFIG_DIR / f"{name}.toml"),
                              [f"train.epochs={epochs}", "train.patience=0"])
-    hand, samples = hand_loop_stamps(config, epochs)
-    trainer = trainer_stamps(config)
     counted = epochs - 1
-    hand_rate = samples * counted / (hand[-1] - hand[0])
-    trainer_rate_ = samples * counted / (trainer[-1] - trainer[0])
-    return {"model": name, "epochs_counted": counted, "train_samples": samples, "batch_size": config.train.batch_size,
-            "hand_samples_per_s": hand_rate, "trainer_samples_per_s": trainer_rate_,
-            "ratio": trainer_rate_ / hand_rate}
+    hand_rates, trainer_rates = [], []
+    for _ in range(repeats):  # alternated, so that a slow spell of the machine hits both sides
+        hand, samples = hand_loop_stamps(config, epochs)
+        hand_rates.append(samples * counted / (hand[-1] - hand[0]))
+        trainer = trainer_stamps(config)
+        trainer_rates.append(samples * counted / (trainer[-1] - trainer[0]))
+    hand_rate, trainer_rate = statistics.median(hand_rates), statistics.median(trainer_rates)
+    return {"model": name, "epochs_counted": counted, "repeats": repeats, "train_samples": samples,
+            "batch_size": config.train.batch_size, "hand_samples_per_s": hand_rate,
+            "trainer_samples_per_s": trainer_rate, "ratio": trainer_rate / hand_rate,
+            "hand_runs": hand_rates, "trainer_runs": trainer_rates}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn", "co2-lstm"])
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated; the median counts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/train_speed.json")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in args.models:
-        row = measure(name, args.epochs)
+        row = measure(name, args.epochs, args.repeats)
         rows.append(row)
         print(f"{name:<20} hand {row['hand_samples_per_s']:10.0f} samples/s  trainer "
               f"{row['trainer_samples_per_s']:10.0f} samples/s  ratio {row['ratio']:.3f}", flush=True)

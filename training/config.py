@@ -39,6 +39,10 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without a better monitored metric; 0 = never stop early
     monitor: str = "val_loss"  # the validation metric that picks the best checkpoint and drives early stopping
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
+    checkpoint_seconds: float = 10.0  # write last.pt/best.pt at most this often, and at the end; 0 = every epoch
+
+
+OPERATIONAL = (("train", "checkpoint_seconds"),)  # (section, key): left out of RunConfig.sha256
 
 
 @dataclass
@@ -68,8 +72,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def sha256(self) -> str:
-        """Hash of the resolved config, recorded in the artifact to tell which config built it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Hash of the resolved config, recorded in the artifact to tell which config built it.
+
+        Settings that change how a run is carried out but not what it learns (OPERATIONAL) are left out, so
+        that adding one does not orphan every model already built."""
+        data = self.to_dict()
+        for section, key in OPERATIONAL:
+            data[section].pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":

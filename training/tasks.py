@@ -65,7 +65,10 @@ class ServedModel(nn.Module):
         self.task = task
 
     def forward(self, x: torch.Tensor):
-        out = self.network(x)
+        return self.head(self.network(x), x)
+
+    def head(self, out, x: torch.Tensor):
+        """The served outputs from the network's raw output `out` for input `x`."""
         if self.task == "multiclass":
             return torch.softmax(out, dim=-1)  # [B, K]
         if self.task == "binary":

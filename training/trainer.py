@@ -189,11 +189,13 @@ def evaluate_split(network: Network, prepared: Prepared, part: str, loss) -> dic
     task = prepared.task
     X, y = prepared.X[part], prepared.y[part]
     network.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # one forward pass gives both the loss and the served outputs
         xt = torch.from_numpy(X)
         yt = None if y is None else torch.from_numpy(y)
-        value = float(loss(network(xt), training_target(task, network, xt, yt)))
-    outputs = batched(torch_predictor(ServedModel(network, task)), X)
+        raw = network(xt)
+        value = float(loss(raw, training_target(task, network, xt, yt)))
+        served = ServedModel(network, task).head(raw, xt)
+    outputs = tuple(o.numpy() for o in served) if isinstance(served, tuple) else served.numpy()
     return {"loss": value, **compute_metrics(task, outputs, y)}
 
 
@@ -296,6 +298,8 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
     progress = Progress(quiet)
     batch = config.train.batch_size
     epochs_this_call = 0
+    best_weights = None  # the best epoch's weights, until the next checkpoint writes them
+    last_checkpoint = time.perf_counter()
     with open(out / "metrics.jsonl", "w") as metrics_file:
         for row in history:
             metrics_file.write(json.dumps(row) + "\n")
@@ -316,12 +320,13 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
                     if config.train.grad_clip > 0:
                         nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
                     optimizer.step()
-                    total += value.item() * len(idx)
+                    total += value.detach() * len(idx)  # summed as a tensor: no per-batch sync and conversion
                     seen += len(idx)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / seen:.4f}")
+                    if not quiet:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{float(total) / seen:.4f}")
             val = evaluate_split(network, prepared, "val", loss)
-            row = {"epoch": epoch, "train_loss": total / seen, **{f"val_{k}": v for k, v in val.items()},
+            row = {"epoch": epoch, "train_loss": float(total) / seen, **{f"val_{k}": v for k, v in val.items()},
                    "lr": optimizer.param_groups[0]["lr"]}
             if monitor not in row:
                 raise ValueError(f"train.monitor: {monitor!r} is not measured for task {task!r}; "
@@ -330,7 +335,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             improved = current > state["best"] if maximize else current < state["best"]
             if improved:
                 state.update(best=current, best_epoch=epoch, stale=0)
-                save_checkpoint(network.state_dict(), out / "best.pt")
+                best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
             else:
                 state["stale"] += 1
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -340,9 +345,18 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             state["epoch"] = epoch
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
-            save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict() if schedule is not None else {},
-                        "rng": _rng_state(generator), "state": state}, out / "last.pt")
+            stopping = bool(config.train.patience) and state["stale"] >= config.train.patience
+            # Checkpoints cost more than a small model's epoch: written at most every checkpoint_seconds (a killed
+            # run resumes from the last one and replays the epochs after it exactly), and always at the end.
+            if (epoch == config.train.epochs or stopping or config.train.checkpoint_seconds <= 0
+                    or time.perf_counter() - last_checkpoint >= config.train.checkpoint_seconds):
+                if best_weights is not None:  # before last.pt, whose state names the best epoch
+                    save_checkpoint(best_weights, out / "best.pt")
+                    best_weights = None
+                save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "schedule": schedule.state_dict() if schedule is not None else {},
+                                 "rng": _rng_state(generator), "state": state}, out / "last.pt")
+                last_checkpoint = time.perf_counter()
             log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {row['train_loss']:.4f}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
                 + ("  *" if improved else ""))

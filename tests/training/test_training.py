@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from tests.conftest import ROOT
@@ -86,7 +87,8 @@ def _metric_rows(run) -> list[dict]:
 
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
     """SIGKILL a real `python -m training fit` mid-run, `--resume` it, compare with an uninterrupted run."""
-    args = ["fit", "digits-cnn", "--quiet", "--set", "train.epochs=10", "--set", "model.channels=[4, 8]",
+    args = ["fit", "digits-cnn", "--quiet", "--set", "train.epochs=10", "--set", "train.checkpoint_seconds=0",
+            "--set", "model.channels=[4, 8]",
             "--set", "model.hidden_dim=16", "--set", "schedule.name='step'", "--set", "schedule.step_size=3"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "training", *args, "--out", str(killed)], cwd=ROOT,
@@ -117,7 +119,9 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path)
 def test_in_process_stop_and_resume_matches(tmp_path):
     config = apply_overrides(load_config("sunspots-gru"), ["train.epochs=6", "model.hidden_dim=8",
                                                            "schedule.name='plateau'", "schedule.patience=1"])
-    fit(config, tmp_path / "a", log=lambda _m: None, stop_after=2)
+    every_epoch = apply_overrides(config, ["train.checkpoint_seconds=0"])
+    fit(every_epoch, tmp_path / "a", log=lambda _m: None, stop_after=2)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state"]["epoch"] == 2
     resumed = fit(config, tmp_path / "a", log=lambda _m: None, resume=True)
     straight = fit(config, tmp_path / "b", log=lambda _m: None)
     assert resumed["metrics"] == straight["metrics"]
@@ -224,3 +228,9 @@ def test_list_shows_architectures_datasets_and_zoo():
                          check=True).stdout
     for word in [*architectures.ARCHITECTURES, *DATASETS, *ZOO]:
         assert word in out
+
+
+def test_config_hash_ignores_how_a_run_is_carried_out_but_not_what_it_learns():
+    config = load_config("digits-mlp")
+    assert apply_overrides(config, ["train.checkpoint_seconds=0"]).sha256() == config.sha256()
+    assert apply_overrides(config, ["train.epochs=3"]).sha256() != config.sha256()
