@@ -194,6 +194,18 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
             "argv": lambda port: [*service, str(repository), "--port", str(port), "--access-log"],
             "env": {}, "encodings": ["json"], "describe": "python -m service --access-log (one JSON line per request)",
         },
+        "nnserve-4-threads": {
+            "argv": lambda port: [*service, str(repository), "--port", str(port), "--threads", "4"],
+            "env": {}, "encodings": ["json"], "describe": "python -m service --threads 4",
+        },
+        "nnserve-32-threads": {
+            "argv": lambda port: [*service, str(repository), "--port", str(port), "--threads", "32"],
+            "env": {}, "encodings": ["json"], "describe": "python -m service --threads 32",
+        },
+        "nnserve-1-worker": {
+            "argv": lambda port: [*service, str(repository), "--port", str(port), "--workers", "1"],
+            "env": {}, "encodings": ["json"], "describe": "python -m service --workers 1 (ONNX Runtime then gets 2 threads)",
+        },
         "nnserve-batched": {
             "argv": lambda port: [*service, str(batched_repository(repository, workdir)), "--port", str(port)],
             "env": {}, "encodings": ["json"],
@@ -557,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch"],
                         choices=["nnserve", "naive", "torch", "nnserve-gunicorn", "nnserve-access-log",
-                                 "nnserve-batched"])
+                                 "nnserve-4-threads", "nnserve-32-threads", "nnserve-1-worker", "nnserve-batched"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads, capped at the connections")
     parser.add_argument("--repository", type=Path, default=ROOT / "models")
