@@ -6,7 +6,7 @@ checkpoint, metrics.jsonl); the hand loop only trains. Samples/s are counted ove
 warm-up for both), from the trainer's own end-of-epoch log lines; each side runs --repeats times, alternated,
 and the median counts. Early stopping is turned off so both run N epochs.
 
-    .venv-dev/bin/python -m bench.train_speed [--models digits-mlp digits-cnn] [--epochs 12]
+    .venv-dev/bin/python -m bench.train_speed [--models digits-mlp digits-cnn] [--epochs 20] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def measure(name: str, epochs: int, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn", "co2-lstm"])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternated; the median counts")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each side, alternated; the median counts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/train_speed.json")
     args = parser.parse_args(argv)
     if args.epochs < 2:

@@ -189,7 +189,7 @@ def evaluate_split(network: Network, prepared: Prepared, part: str, loss) -> dic
     task = prepared.task
     X, y = prepared.X[part], prepared.y[part]
     network.eval()
-    with torch.no_grad():  # one forward pass gives both the loss and the served outputs
+    with torch.inference_mode():  # one forward pass gives both the loss and the served outputs
         xt = torch.from_numpy(X)
         yt = None if y is None else torch.from_numpy(y)
         raw = network(xt)
