@@ -42,7 +42,7 @@ clean:
 	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache
 
 # The benchmark suite (bench/run.py): wrk, both venvs, the zoo run folders the torch app loads, then one run.
-# BENCH_ARGS=--quick for 3 s runs; results in bench/results/ (results.md, results.json, chart.png,
+# BENCH_ARGS (e.g. --quick for 3 s runs) goes to bench.run only; results in bench/results/ (results.md, results.json, chart.png,
 # train_speed.json).
 BENCH_MODELS := digits-mlp digits-cnn co2-lstm digits-transformer
 BENCH_ARGS ?=

@@ -373,6 +373,8 @@ def soak(server: Server, script: Path, requests: int, wrk_threads: int) -> dict:
     done = errors = 0
     while done < requests:
         stats, _ = wrk(url, script, 64, 5, wrk_threads)
+        if not stats["requests"]:
+            raise RuntimeError("soak: wrk completed no request in 5 s")
         done += stats["requests"]
         errors += stats["status"] + stats["connect"] + stats["read"] + stats["write"] + stats["timeout"]
     after = tree_memory(server.proc.pid)

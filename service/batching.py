@@ -53,7 +53,7 @@ class BatchingConfig:
 
 def _block(text: str, name: str) -> str | None:
     """The body of `name { ... }` in protobuf text (braces balanced), or None."""
-    match = re.search(rf"(?m)^\s*{name}\s*\{{", text)
+    match = re.search(rf"(?<![\w.]){name}\s*:?\s*\{{", text)  # `name {` or `name: {`, anywhere
     if not match:
         return None
     depth, start = 1, match.end()

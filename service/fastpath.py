@@ -18,7 +18,7 @@ import orjson
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, ServiceError
-from service.protocol import HEADER_LENGTH, compress, decompress
+from service.protocol import HEADER_LENGTH, compress, decompress, dumps
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("nnserve.access")
@@ -44,10 +44,6 @@ def log_access(request_id: str, method: str, route: str, status: int, model: str
             "version": version, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
 
 
-def json_bytes(payload) -> bytes:
-    return orjson.dumps(payload)
-
-
 class FastPath:
     """WSGI middleware: answers infer and health requests itself, passes the rest to `app`."""
 
@@ -61,7 +57,7 @@ class FastPath:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
         if method == "POST" and path.endswith("/infer"):
-            match = INFER_RE.fullmatch(path)
+            match = INFER_RE.fullmatch(path.encode("latin-1").decode("utf-8", "replace"))  # PEP 3333
             length = environ.get("CONTENT_LENGTH")
             if match and length and length.isdigit() and int(length) <= self.max_body:
                 return self._infer(environ, start_response, match.group(1), match.group(2), int(length))
@@ -87,6 +83,9 @@ class FastPath:
                     raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw[:32]!r}")
                 header_length = int(raw)
             body = environ["wsgi.input"].read(length) if length else b""
+            if len(body) != length:
+                raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
+                                 f"{len(body)} bytes")
             encoding = environ.get("HTTP_CONTENT_ENCODING")
             if encoding:
                 body = decompress(body, encoding.strip().lower(), self.max_body)
@@ -104,10 +103,10 @@ class FastPath:
                 headers.append((HEADER_LENGTH, str(binary_header)))
             status = 200
         except ServiceError as exc:
-            status, payload, headers = exc.status_code, json_bytes({"error": exc.message}), []
+            status, payload, headers = exc.status_code, dumps({"error": exc.message}), []
         except Exception:  # a bug: logged with its traceback, answered as Flask's handler would
             log.exception("unhandled error on POST %s", environ.get("PATH_INFO", "")[:200])
-            status, payload, headers = 500, json_bytes({"error": "internal server error"}), []
+            status, payload, headers = 500, dumps({"error": "internal server error"}), []
         return self._respond(environ, start_response, started, route, status, payload, headers,
                              model_name, model_version)
 

@@ -265,6 +265,15 @@ def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     return out
 
 
+def dumps(payload) -> bytes:
+    """JSON bytes by orjson (numpy arrays included); Python's encoder for what orjson refuses, such as a string
+    with a lone surrogate that a request smuggled in as a JSON escape (orjson has no \\u escape for it)."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return json.dumps(payload, separators=(",", ":"), default=lambda a: a.tolist()).encode()
+
+
 def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
                           results: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
     """Encode outputs given as (name, datatype, array, binary); return (body, header length or None)."""
@@ -290,7 +299,7 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = outputs
-    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = dumps(response)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

@@ -75,6 +75,7 @@ class GunicornServer(BaseApplication):
             "keepalive": 5,
             "loglevel": s.log_level,
             "child_exit": _child_exit,
+            "post_fork": lambda server, worker: die_with_parent(),
             "proc_name": "nnserve",
         }
         for key, value in options.items():

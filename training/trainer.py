@@ -291,6 +291,9 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
         generator.set_state(checkpoint["rng"]["generator"])
         state = checkpoint["state"]
         log(f"resuming {out} after epoch {state['epoch']}")
+    else:  # an earlier run's checkpoints in this folder are not ours: --resume must not pick them up later
+        for name in ("last.pt", "best.pt"):
+            (out / name).unlink(missing_ok=True)
     history = read_history(out, state["epoch"])
 
     X_train = torch.from_numpy(prepared.X["train"])

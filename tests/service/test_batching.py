@@ -139,6 +139,8 @@ def test_a_failed_run_fails_each_request_of_its_batch(mlp, digits):
     ("dynamic_batching {\n  max_queue_delay_microseconds: 100\n  preferred_batch_size: [ 32, 8 ]\n"
      "  default_queue_policy { max_queue_size: 16 }\n}", BatchingConfig(256, 100, (8, 32), 16)),
     ("# dynamic_batching { }\nmax_batch_size: 8", None),
+    ("max_batch_size: 8 dynamic_batching: { max_queue_delay_microseconds: 7 default_queue_policy: "
+     "{ max_queue_size: 4 } }", BatchingConfig(256, 7, (), 4)),
     ("max_batch_size: 8", None),
 ])
 def test_parse_config(tmp_path, text, expected):

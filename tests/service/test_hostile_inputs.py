@@ -110,3 +110,33 @@ def test_load_and_unload_calls_from_different_workers_are_all_applied(tmp_path):
     b.load("digits-mlp")
     a._apply_control()  # what A's watcher does within 0.2 s
     assert a.names() == b.names() == ["digits-cnn", "digits-mlp"]
+
+
+# The fast path (service/fastpath.py) answers these before Flask: the same answers as Flask's routes.
+
+def test_a_lone_surrogate_in_a_name_is_a_400_not_a_500(client):
+    body = '{"inputs": [{"name": "\\ud800", "shape": [1, 64], "datatype": "FP32", "data": %s}]}' % ([0.0] * 64)
+    response = client.post("/v2/models/digits-mlp/infer", data=body.encode())
+    assert response.status_code == 400 and "unexpected input" in response.get_json()["error"]
+    assert response.headers["X-Request-ID"]
+
+
+def test_a_lone_surrogate_in_the_request_id_is_echoed(client):
+    body = '{"id": "\\ud800", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": %s}]}' % (
+        [0.0] * 64)
+    response = client.post("/v2/models/digits-mlp/infer", data=body.encode())
+    assert response.status_code == 200 and json.loads(response.data)["id"] == "\ud800"
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400(client):
+    body = json.dumps({"inputs": [tensor([1, 64], [0.0] * 64)]}).encode()
+    response = client.post("/v2/models/digits-mlp/infer", data=body,
+                           environ_overrides={"CONTENT_LENGTH": str(len(body) + 50)})
+    assert response.status_code == 400
+    assert f"Content-Length is {len(body) + 50} but the connection ended after {len(body)} bytes" in \
+        response.get_json()["error"]
+
+
+def test_a_percent_encoded_model_name_is_decoded_as_utf8(client):
+    response = client.post("/v2/models/d%C3%A9/infer", data=b"{}")
+    assert response.status_code == 404 and "unknown model 'dé'" in response.get_json()["error"]

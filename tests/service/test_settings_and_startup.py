@@ -122,3 +122,19 @@ def test_no_worker_outlives_the_server(tmp_path, server, wait):
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not [p for p in workers if _alive(p)]
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_workers_die_with_a_killed_master(tmp_path, server):
+    import signal
+
+    from tests.conftest import start_server
+
+    srv = start_server(SHIPPED_MODELS, tmp_path, "--workers", "2", "--server", server)
+    workers = _children(srv.process.pid)
+    srv.process.send_signal(signal.SIGKILL)
+    srv.process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert workers and not [p for p in workers if _alive(p)]

@@ -234,3 +234,12 @@ def test_config_hash_ignores_how_a_run_is_carried_out_but_not_what_it_learns():
     config = load_config("digits-mlp")
     assert apply_overrides(config, ["train.checkpoint_seconds=0"]).sha256() == config.sha256()
     assert apply_overrides(config, ["train.epochs=3"]).sha256() != config.sha256()
+
+
+def test_a_fresh_run_in_an_old_folder_drops_its_checkpoints(tmp_path):
+    """Else a run killed before its first checkpoint would, with --resume, continue the earlier run's."""
+    config = apply_overrides(load_config("digits-mlp"), ["train.epochs=2", "model.hidden_dims=[8]"])
+    fit(config, tmp_path / "run", log=lambda _m: None)
+    assert (tmp_path / "run" / "last.pt").exists()
+    fit(apply_overrides(config, ["train.epochs=5"]), tmp_path / "run", log=lambda _m: None, stop_after=1)
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
