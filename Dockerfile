@@ -82,7 +82,8 @@ COPY service/ /src/service/
 COPY training/ /src/training/
 RUN pip install --no-cache-dir --no-compile /tmp/wheels/torch-*.whl \
     && pip install --no-cache-dir --no-compile -c /src/dev.lock "/src[train]" \
-    && rm -rf /tmp/wheels /src
+    && rm -rf /tmp/wheels /src \
+    && mkdir -p /app/runs && chown 10001:10001 /app/runs
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]

@@ -49,11 +49,14 @@ BUILD_FLAGS ?= $(if $(findstring podman,$(ENGINE)),--format docker --network hos
 image:
 	$(ENGINE) build $(BUILD_FLAGS) --target runtime -t nnserve:latest .
 
-image-trainer:
+build/wheels/.torch:
 	mkdir -p build/wheels
-	ls build/wheels/torch-2.13.0*.whl >/dev/null 2>&1 || cp /opt/wheels/torch-2.13.0+cpu-*.whl build/wheels/ 2>/dev/null \
+	cp /opt/wheels/torch-2.13.0+cpu-*.whl build/wheels/ 2>/dev/null \
 		|| $(PYTHON) -m pip download --no-deps --only-binary=:all: --index-url https://download.pytorch.org/whl/cpu \
 			--dest build/wheels torch==2.13.0
+	touch $@
+
+image-trainer: build/wheels/.torch
 	$(ENGINE) build $(BUILD_FLAGS) --target trainer -t nnserve-trainer:latest .
 
 # Pin every transitive dependency to what the environments hold now (torch's local +cpu label dropped, so

@@ -193,3 +193,21 @@ def test_sigterm_under_load_finishes_requests_and_exits_0(image):
         assert outcomes["ok"] > 20 and len(cut) <= len(threads) and len(cut) == len(outcomes["other"]), outcomes
     finally:
         box.remove()
+
+
+def test_the_trainer_image_retrains_against_a_mounted_repository(tmp_path):
+    """`make image-trainer`'s build, then `retrain` in the container publishes version 2 into a mounted repository."""
+    subprocess.run(["make", "-s", "build/wheels/.torch"], cwd=ROOT, check=True)  # torch's CPU wheel, in the context
+    result = subprocess.run(["podman", "build", "--format", "docker", "--network", "host", "--target", "trainer",
+                             "-t", "localhost/nnserve-trainer:test", "."], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    repo = tmp_path / "repo"
+    shutil.copytree(SHIPPED_MODELS / "digits-mlp", repo / "digits-mlp")
+    subprocess.run(["chmod", "-R", "a+rwX", str(tmp_path)], check=True)
+    run = podman("run", "--rm", "-v", f"{repo}:/models", "localhost/nnserve-trainer:test", "retrain", "digits-mlp",
+                 "--models", "/models", "--force", "--quiet", check=False, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "published digits-mlp version 2" in run.stdout + run.stderr
+    assert (repo / "digits-mlp" / "2" / "model.onnx").is_file()
+    assert load_model(repo / "digits-mlp" / "2", device="cpu").version == 2
