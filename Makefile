@@ -7,12 +7,13 @@ SERVE_VENV := .venv
 DEV_VENV := .venv-dev
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-container image image-trainer lock clean help
+.PHONY: serve test test-container test-monitoring image image-trainer lock clean help
 
 help:
 	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
 	@echo "make test    install the dev environment and run the test suite"
 	@echo "make test-container   build and run the images with podman (installs podman; several minutes)"
+	@echo "make test-monitoring  promtool and a real Prometheus against the service (installs prometheus)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
 
 # The serving environment: only the `serve` extra, with the versions of requirements/serve.lock.
@@ -58,6 +59,11 @@ build/wheels/.torch:
 
 image-trainer: build/wheels/.torch
 	$(ENGINE) build $(BUILD_FLAGS) --target trainer -t nnserve-trainer:latest .
+
+# The monitoring stack for real: Debian's prometheus (and promtool) against the service on 127.0.0.1.
+test-monitoring: $(DEV_VENV)/.installed
+	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+	$(DEV_VENV)/bin/python -m pytest -m monitoring $(PYTEST_ARGS)
 
 # Pin every transitive dependency to what the environments hold now (torch's local +cpu label dropped, so
 # the pin also matches the wheel a user gets from PyTorch's CPU index).
