@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,7 +15,7 @@ from service import rest
 from service.dataplane import DataPlane
 from service.control import Control
 from service.errors import ServiceError
-from service.fastpath import REQUEST_ID_RE, FastPath, log_access
+from service.fastpath import REQUEST_ID_RE, FastPath, discard_unread_body, log_access
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -76,32 +75,6 @@ def require_device(device: str) -> None:
     log.info("device %s: ONNX Runtime providers available: %s", device, available)
 
 
-DISCARD_LIMIT = 64 * 1024 * 1024
-"""How much of an over-limit body is read and thrown away so that the client sees the 413."""
-
-
-def _discard_unread_body() -> None:
-    """Read (and drop) what is left of an over-limit body, up to DISCARD_LIMIT bytes.
-
-    The 413 is decided from Content-Length before the body is read. Closing the connection with the body
-    unread makes the kernel answer the client's remaining bytes with a reset, and a client still sending
-    (urllib, tritonclient) then sees a broken pipe instead of the JSON error. Draining a bounded amount is
-    nginx's "lingering close"; a larger body still gets the reset.
-    """
-    stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return
-    left = DISCARD_LIMIT
-    try:
-        while left > 0:
-            chunk = stream.read(min(65536, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-    except (OSError, ValueError):
-        pass
-
-
 def _register_error_handlers(app: Flask) -> None:
     """Every error is JSON `{"error": ...}`: V2 clients cannot read Flask's HTML pages."""
 
@@ -115,7 +88,7 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 413:
-            _discard_unread_body()
+            discard_unread_body(request.environ)
         messages = {
             404: f"no such endpoint: {request.method} {request.path[:200]}",
             405: f"method {request.method} is not allowed for {request.path[:200]}",

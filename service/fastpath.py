@@ -1,10 +1,10 @@
 """The inference hot path as plain WSGI, in front of the Flask app.
 
 A Flask request costs more CPU than an MLP's whole inference (routing, the request and response objects, the
-before/after hooks). `POST .../infer` with a Content-Length and the health probes are answered here from the
-WSGI environ directly, with the same behaviour as the Flask routes: the same DataPlane call, the same JSON
-errors, X-Request-ID, the access log line and the HTTP request counter. Everything else, and any infer request
-this path declines (a chunked body, one over the size limit), goes to Flask.
+before/after hooks). `POST .../infer` (with a Content-Length or a chunked body) and the health probes are
+answered here from the WSGI environ directly, with the same behaviour as the Flask routes: the same DataPlane
+call, the same JSON errors, X-Request-ID, the access log line and the HTTP request counter. Everything else, and
+an infer request whose Content-Length is over the size limit (Flask answers 413), goes to Flask.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import uuid
 import orjson
 
 from service.dataplane import DataPlane
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, PayloadTooLarge, ServiceError
 from service.protocol import HEADER_LENGTH, compress, decompress, dumps
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,29 @@ STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 
 READY = orjson.dumps({"ready": True})
 NOT_READY = orjson.dumps({"ready": False})
 LIVE = orjson.dumps({"live": True})
+
+
+DISCARD_LIMIT = 64 * 1024 * 1024
+"""How much of an over-limit body is read and thrown away so that the client sees the 413."""
+
+
+def discard_unread_body(environ) -> None:
+    """Read (and drop) what is left of an over-limit body, up to DISCARD_LIMIT bytes.
+
+    Closing the connection with the body unread makes the kernel answer the client's remaining bytes with a
+    reset, and a client still sending (urllib, tritonclient) then sees a broken pipe instead of the JSON error.
+    Draining a bounded amount is nginx's "lingering close"; a larger body still gets the reset.
+    """
+    stream = environ.get("wsgi.input")
+    left = DISCARD_LIMIT
+    try:
+        while stream is not None and left > 0:
+            chunk = stream.read(min(65536, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except (OSError, ValueError):
+        pass
 
 
 def log_access(request_id: str, method: str, route: str, status: int, model: str | None, version: str | None,
@@ -61,6 +84,8 @@ class FastPath:
             length = environ.get("CONTENT_LENGTH")
             if match and length and length.isdigit() and int(length) <= self.max_body:
                 return self._infer(environ, start_response, match.group(1), match.group(2), int(length))
+            if match and not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+                return self._infer(environ, start_response, match.group(1), match.group(2), None)
         elif method == "GET" and path in ("/v2/health/ready", "/v2/health/live"):
             started = time.perf_counter()
             if path.endswith("live"):
@@ -70,7 +95,8 @@ class FastPath:
                                  READY if ready else NOT_READY)
         return self.app(environ, start_response)
 
-    def _infer(self, environ, start_response, name: str, version: str | None, length: int):
+    def _infer(self, environ, start_response, name: str, version: str | None, length: int | None):
+        """`length`: the Content-Length, or None for a chunked body."""
         started = time.perf_counter()
         route = INFER_ROUTE if version is None else INFER_VERSION_ROUTE
         model_name = model_version = None
@@ -82,10 +108,16 @@ class FastPath:
                 if not HEADER_LENGTH_RE.fullmatch(raw.strip()):
                     raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw[:32]!r}")
                 header_length = int(raw)
-            body = environ["wsgi.input"].read(length) if length else b""
-            if len(body) != length:
-                raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
-                                 f"{len(body)} bytes")
+            if length is None:  # chunked: read up to one byte past the limit
+                body = environ["wsgi.input"].read(self.max_body + 1)
+                if len(body) > self.max_body:
+                    discard_unread_body(environ)
+                    raise PayloadTooLarge(f"request body is larger than the limit of {self.max_body} bytes")
+            else:
+                body = environ["wsgi.input"].read(length) if length else b""
+                if len(body) != length:
+                    raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
+                                     f"{len(body)} bytes")
             encoding = environ.get("HTTP_CONTENT_ENCODING")
             if encoding:
                 body = decompress(body, encoding.strip().lower(), self.max_body)

@@ -217,3 +217,24 @@ def test_metrics_add_up_across_two_workers(exported_repo, tmp_path, test_samples
         assert sample_value(text, "nnserve_model_loaded", model="digits-mlp", version="2") == 1
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["granian", "gunicorn"])
+def test_chunked_bodies_are_read_and_limited(tmp_path, exported_repo, kind):
+    """A chunked request (no Content-Length) is answered like any other; over the limit it is a 413."""
+    import http.client
+
+    srv = start_server(exported_repo, tmp_path, "--workers", "1", "--server", kind, "--max-body-bytes", "100000")
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]})
+    try:
+        for chunks, status, fragment in (([body[:100].encode(), body[100:].encode()], 200, b'"model_name"'),
+                                         ([b" " * 65536] * 3, 413, b"larger than the limit of 100000 bytes")):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            conn.request("POST", "/v2/models/digits-mlp/infer", body=iter(chunks), encode_chunked=True,
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            conn.close()
+            assert response.status == status and fragment in answer, answer[:300]
+    finally:
+        srv.stop()
