@@ -1,6 +1,6 @@
 """Prometheus metrics of the service, on a registry that belongs to one app.
 
-Under gunicorn with several workers, prometheus-client's multiprocess mode is used: `python -m service`
+With several worker processes (granian or gunicorn), prometheus-client's multiprocess mode is used: `python -m service`
 sets PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client, every worker writes its values
 to files there, and /metrics merges them. Labels are bounded: model and version come from the repository
 (never from a request that named an unknown model), outcome and route from fixed sets.
