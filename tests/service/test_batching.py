@@ -153,19 +153,21 @@ def test_server_batches_concurrent_clients_and_shows_it(tmp_path, digits):
     repo = tmp_path / "models"
     shutil.copytree(SHIPPED / "digits-cnn", repo / "digits-cnn")
     config = repo / "digits-cnn" / "config.pbtxt"
-    config.write_text(config.read_text() + "dynamic_batching {\n  max_queue_delay_microseconds: 20000\n}\n")
+    config.write_text(config.read_text() + "dynamic_batching {\n  max_queue_delay_microseconds: 50000\n}\n")
     srv = start_server(repo, tmp_path, "--workers", "1", "--threads", "16")
     try:
         meta = json.loads(srv.request("GET", "/v2/models/digits-cnn")[2])
-        assert json.loads(meta["parameters"]["dynamic_batching"])["max_queue_delay_microseconds"] == 20000
+        assert json.loads(meta["parameters"]["dynamic_batching"])["max_queue_delay_microseconds"] == 50000
         x = digits[:32].reshape(32, 1, 8, 8)
         want = load_model(SHIPPED / "digits-cnn" / "1").run({"input": x})["probabilities"]
         got = [None] * 32
+        together = threading.Barrier(32)
 
         def one(i):
             client = httpclient.InferenceServerClient(srv.url)
             inp = httpclient.InferInput("input", [1, 1, 8, 8], "FP32")
             inp.set_data_from_numpy(x[i:i + 1])
+            together.wait()  # all 32 send at once, so that a slow machine still queues them together
             got[i] = client.infer("digits-cnn", [inp]).as_numpy("probabilities")
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
