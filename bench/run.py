@@ -176,6 +176,17 @@ def batched_repository(repository: Path, workdir: Path) -> Path:
     return copy
 
 
+# nnserve run with one flag changed: name -> (flags, what to know about it)
+FLAG_VARIANTS = {
+    "nnserve-gunicorn": (["--server", "gunicorn"], " (gthread workers)"),
+    "nnserve-access-log": (["--access-log"], " (one JSON line per request)"),
+    "nnserve-4-threads": (["--threads", "4"], ""),
+    "nnserve-32-threads": (["--threads", "32"], ""),
+    "nnserve-1-worker": (["--workers", "1"], " (ONNX Runtime then gets 2 threads)"),
+}
+SERVERS = ["nnserve", "naive", "torch", *FLAG_VARIANTS, "nnserve-batched"]
+
+
 def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path) -> dict[str, dict]:
     gthread = ["-k", "gthread", "-w", "2", "--threads", "4", "--timeout", "60"]
     service = [str(ROOT / ".venv/bin/python"), "-m", "service", "--models"]
@@ -186,26 +197,9 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
             "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, no dynamic batching)",
         },
         # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
-        "nnserve-gunicorn": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port), "--server", "gunicorn"],
-            "env": {}, "encodings": ["json"], "describe": "python -m service --server gunicorn (gthread workers)",
-        },
-        "nnserve-access-log": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port), "--access-log"],
-            "env": {}, "encodings": ["json"], "describe": "python -m service --access-log (one JSON line per request)",
-        },
-        "nnserve-4-threads": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port), "--threads", "4"],
-            "env": {}, "encodings": ["json"], "describe": "python -m service --threads 4",
-        },
-        "nnserve-32-threads": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port), "--threads", "32"],
-            "env": {}, "encodings": ["json"], "describe": "python -m service --threads 32",
-        },
-        "nnserve-1-worker": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port), "--workers", "1"],
-            "env": {}, "encodings": ["json"], "describe": "python -m service --workers 1 (ONNX Runtime then gets 2 threads)",
-        },
+        **{name: {"argv": lambda port, flags=flags: [*service, str(repository), "--port", str(port), *flags],
+                  "env": {}, "encodings": ["json"], "describe": f"python -m service {' '.join(flags)}{note}"}
+           for name, (flags, note) in FLAG_VARIANTS.items()},
         "nnserve-batched": {
             "argv": lambda port: [*service, str(batched_repository(repository, workdir)), "--port", str(port)],
             "env": {}, "encodings": ["json"],
@@ -570,8 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: a fifth of the duration, at least 1)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch"],
-                        choices=["nnserve", "naive", "torch", "nnserve-gunicorn", "nnserve-access-log",
-                                 "nnserve-4-threads", "nnserve-32-threads", "nnserve-1-worker", "nnserve-batched"])
+                        choices=SERVERS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads, capped at the connections")
     parser.add_argument("--repository", type=Path, default=ROOT / "models")

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from service.settings import DEVICES, SERVERS, Settings  # no prometheus_client: safe before its folder is set
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__,
@@ -18,13 +20,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--models", type=Path, help="model repository folder (default models)")
-    parser.add_argument("--server", choices=["granian", "gunicorn"], help="HTTP server (default granian)")
+    parser.add_argument("--server", choices=SERVERS, help="HTTP server (default granian)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per available CPU)")
     parser.add_argument("--threads", type=int, help="request threads per worker (default 8)")
     parser.add_argument("--version-policy", help="'all' (default), 'latest' (the highest) or 'latest:N'")
     parser.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_false", default=None,
                         help="run every request on its own, whatever config.pbtxt says")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
+    parser.add_argument("--device", choices=DEVICES, help="ONNX Runtime device (default auto)")
     parser.add_argument("--ort-threads", type=int, help="ONNX Runtime threads per session (default: CPUs/workers)")
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
     parser.add_argument("--max-batch-size", help="largest batch in one request: N, optionally followed by "
@@ -61,7 +63,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     prepare_multiprocess_dir()
     from service.server import run  # imports prometheus_client, so only after the folder is set
-    from service.settings import Settings
 
     try:
         settings = Settings.from_env(**{k: v for k, v in vars(args).items()})

@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
@@ -15,7 +14,7 @@ from service import rest
 from service.dataplane import DataPlane
 from service.control import Control
 from service.errors import ServiceError
-from service.fastpath import REQUEST_ID_RE, FastPath, discard_unread_body, log_access
+from service.fastpath import FastPath, discard_unread_body, log_access, request_id_of
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -39,8 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def start_request():
         g.started = time.perf_counter()
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = request_id_of(request.headers.get("X-Request-ID"))
 
     @app.after_request
     def finish_request(response):

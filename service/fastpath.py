@@ -58,6 +58,11 @@ def discard_unread_body(environ) -> None:
         pass
 
 
+def request_id_of(given: str | None) -> str:
+    """The client's X-Request-ID when it is plain (letters, digits, `._:-`, up to 128), else a new one."""
+    return given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
+
 def log_access(request_id: str, method: str, route: str, status: int, model: str | None, version: str | None,
                started: float) -> None:
     """One JSON line per request (never the body), with the model and version once known; built only if logged."""
@@ -145,8 +150,7 @@ class FastPath:
     def _respond(self, environ, start_response, started: float, route: str, status: int, payload: bytes,
                  headers: list | None = None, model: str | None = None, version: str | None = None):
         headers = headers or [("Content-Type", "application/json")]
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        request_id = request_id_of(environ.get("HTTP_X_REQUEST_ID"))
         headers.append(("Content-Length", str(len(payload))))
         headers.append(("X-Request-ID", request_id))
         method = environ["REQUEST_METHOD"]

@@ -271,28 +271,25 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if len(X) != len(y):
         raise DataFileError(f"{p}: X has {len(X)} samples but y has {len(y)}; expected the same number N")
 
-    if X.dtype.kind == "f":
-        bad = ~np.isfinite(X)
-        if bad.any():
-            raise DataFileError(
-                f"{p}: array 'X' has {int(bad.sum())} non-finite value(s) (NaN or inf), "
-                f"first {_first_bad(X, bad, 'X')}; "
-                "expected finite numbers"
-            )
+    _require_finite(p, "X", X)
     with np.errstate(over="ignore"):  # overflow is reported below, naming the entry
         X32 = X.astype(np.float32)
     bad = ~np.isfinite(X32)
     if bad.any():
         raise DataFileError(f"{p}: array 'X' has values outside the float32 range, first {_first_bad(X, bad, 'X')}")
-    if y.dtype.kind == "f":
-        bad = ~np.isfinite(y)
+    _require_finite(p, "y", y)
+    return X32, y
+
+
+def _require_finite(p, name: str, array: np.ndarray) -> None:
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
         if bad.any():
             raise DataFileError(
-                f"{p}: array 'y' has {int(bad.sum())} non-finite value(s) (NaN or inf), "
-                f"first {_first_bad(y, bad, 'y')}; "
+                f"{p}: array '{name}' has {int(bad.sum())} non-finite value(s) (NaN or inf), "
+                f"first {_first_bad(array, bad, name)}; "
                 "expected finite numbers"
             )
-    return X32, y
 
 
 # ---------------------------------------------------------------- image folders

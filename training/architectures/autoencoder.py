@@ -30,19 +30,16 @@ class AutoencoderConfig:
 
 
 def _dense_block(width: int, hidden: int, config: AutoencoderConfig) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Linear(width, hidden)]
-    if config.batch_norm:
-        layers.append(nn.BatchNorm1d(hidden))
-    layers.append(make_activation(config.activation))
-    if config.dropout > 0:
-        layers.append(nn.Dropout(config.dropout))
-    return layers
+    return [nn.Linear(width, hidden), *_tail(nn.BatchNorm1d, hidden, config)]
 
 
 def _conv_tail(channels: int, config: AutoencoderConfig) -> list[nn.Module]:
-    layers: list[nn.Module] = []
-    if config.batch_norm:
-        layers.append(nn.BatchNorm2d(channels))
+    return _tail(nn.BatchNorm2d, channels, config)
+
+
+def _tail(norm: type[nn.Module], features: int, config: AutoencoderConfig) -> list[nn.Module]:
+    """Optional batch norm, the activation, optional dropout: what follows each layer."""
+    layers: list[nn.Module] = [norm(features)] if config.batch_norm else []
     layers.append(make_activation(config.activation))
     if config.dropout > 0:
         layers.append(nn.Dropout(config.dropout))
