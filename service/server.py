@@ -138,6 +138,10 @@ def die_with_parent(master: int) -> None:
 def _granian_app(target: str, settings: Settings, master: int):
     """granian's target loader, called in each worker after the fork."""
     die_with_parent(master)
+    # Until granian installs the worker's own handlers (after this returns), SIGTERM would reach the master's
+    # handler inherited through the fork and be lost, leaving the worker running until the kill timeout. A worker
+    # still starting has no request in flight: it may just go.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     from service.app import create_app
 
     forget_dead_workers(settings)
