@@ -65,6 +65,9 @@ class ModelRegistry:
         """Load every model the policy selects; failures are recorded, never raised."""
         try:
             if self.control is not None:  # a worker started after load/unload calls begins in step with them
+                # Known to the others from now on, as having applied nothing yet: a load/unload call made while
+                # this worker is still loading waits for it instead of returning before it serves the change.
+                self.control.acknowledge(0)
                 state = self.control.read()
                 self._unloaded, self._generation = set(state["unloaded"]), state["generation"]
             self.reconcile_all()
