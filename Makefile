@@ -7,13 +7,15 @@ SERVE_VENV := .venv
 DEV_VENV := .venv-dev
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-container test-monitoring image image-trainer lock clean help
+.PHONY: serve test test-container test-monitoring test-reliability audit image image-trainer lock clean help
 
 help:
 	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
 	@echo "make test    install the dev environment and run the test suite"
 	@echo "make test-container   build and run the images with podman (installs podman; several minutes)"
 	@echo "make test-monitoring  promtool and a real Prometheus against the service (installs prometheus)"
+	@echo "make test-reliability wrk load, hot reload, kill -9, SIGTERM and a 100,000-request soak (about 10 minutes)"
+	@echo "make audit   pip-audit over requirements/*.lock (needs pypi.org's JSON API or api.osv.dev)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
 
 # The serving environment: only the `serve` extra, with the versions of requirements/serve.lock.
@@ -64,6 +66,20 @@ image-trainer: build/wheels/.torch
 test-monitoring: $(DEV_VENV)/.installed
 	command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
 	$(DEV_VENV)/bin/python -m pytest -m monitoring $(PYTEST_ARGS)
+
+# Load, faults and soak against the real server, driven by wrk (tests/reliability; figures in build/reliability/).
+test-reliability: $(DEV_VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk)
+	$(DEV_VENV)/bin/python -m pytest -m reliability -s $(PYTEST_ARGS)
+
+# pip-audit over the locked dependencies, against PyPI's vulnerability data (AUDIT_SERVICE=osv for OSV's). --strict:
+# a package that could not be looked up fails the audit instead of passing unchecked.
+AUDIT_SERVICE ?= pypi
+audit: $(DEV_VENV)/.installed
+	for lock in requirements/serve.lock requirements/dev.lock; do \
+		$(DEV_VENV)/bin/pip-audit --strict --no-deps --disable-pip --progress-spinner off -s $(AUDIT_SERVICE) \
+			-r $$lock || exit 1; \
+	done
 
 # Pin every transitive dependency to what the environments hold now (torch's local +cpu label dropped, so
 # the pin also matches the wheel a user gets from PyTorch's CPU index).

@@ -31,6 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Werkzeug answers a path with '//' (a model name of '/' sent as %2F) with an HTML 308 to the path with the
+    # slashes merged, which is another route ('/v2/models///ready' -> '/v2/models/ready'): a JSON 404 instead.
+    app.url_map.merge_slashes = False
     plane = app.extensions["nnserve"] = DataPlane(settings, registry, metrics)
     app.register_blueprint(rest.bp)
     _register_error_handlers(app)

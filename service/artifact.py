@@ -174,6 +174,9 @@ def read_metadata(version_dir: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MetadataError([f"{METADATA_FILENAME}: file is missing"], str(path)) from None
+    except OSError as exc:  # a folder where the file should be, no permission: the reason, not the path
+        raise MetadataError([f"{METADATA_FILENAME}: cannot be read ({exc.strerror or type(exc).__name__})"],
+                            str(path)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetadataError([f"{METADATA_FILENAME}: not valid JSON ({exc})"], str(path)) from None
     problems = validate_metadata(meta)

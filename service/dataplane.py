@@ -11,8 +11,8 @@ import numpy as np
 from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
-from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, classify, decode_infer_request,
-                              encode_infer_response)
+from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
+                              decode_infer_request, encode_infer_response)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -148,7 +148,7 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
     columns: dict[str, list] = {t["name"]: [] for t in specs}
     seed = doc.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise BadRequest(f"seed: expected a non-negative integer, got {seed!r:.40}")
+        raise BadRequest(f"seed: expected a non-negative integer, got {brief(seed)}")
     rng = np.random.default_rng(seed)
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
@@ -170,7 +170,8 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             array = np.asarray(columns[spec["name"]])
         except ValueError:
             raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
-        if array.dtype.kind not in ("iuf" if spec["datatype"] != "INT64" else "iu"):
+        if array.dtype.kind not in ("iuf" if spec["datatype"] != "INT64" else "iu") or (
+                array.size and contains_bool(columns[spec["name"]], array.ndim)):  # [true, 0] reads as [1, 0]
             problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
             inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
             continue

@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 
+MAX_PROBLEMS = 20
+"""Problems listed in one error message: a request of a million bad tensors would otherwise get a reply four
+times its own size."""
+
+
+def join_problems(problems: list[str]) -> str:
+    """The problems as one message: the first MAX_PROBLEMS, then how many more there are."""
+    shown = "; ".join(problems[:MAX_PROBLEMS])
+    if len(problems) > MAX_PROBLEMS:
+        shown += f"; and {len(problems) - MAX_PROBLEMS} more problems"
+    return shown
+
+
 class ServiceError(Exception):
     """Base class: one handler turns it into `{"error": message}` with `status_code`."""
 
@@ -24,7 +37,7 @@ class InvalidInput(BadRequest):
 
     def __init__(self, model: str, problems: list[str]):
         self.problems = problems
-        super().__init__(f"invalid inference request for model '{model}': " + "; ".join(problems))
+        super().__init__(f"invalid inference request for model '{model}': " + join_problems(problems))
 
 
 class ModelNotFound(ServiceError):

@@ -17,7 +17,7 @@ import uuid
 import orjson
 
 from service.dataplane import DataPlane
-from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.protocol import HEADER_LENGTH, compress, decompress, dumps
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,20 @@ def discard_unread_body(environ) -> None:
         pass
 
 
+def content_encoding_of(given: str | None) -> str:
+    """The request's Content-Encoding, lower case without surrounding OWS; 'identity' when there is none.
+
+    An empty value is refused (415) like an unknown one: granian hands the app an empty string for a value with
+    bytes outside visible ASCII, which is no content coding either, and must not pass for 'identity'.
+    """
+    if given is None:
+        return "identity"
+    encoding = given.strip(" \t").lower()
+    if not encoding:
+        raise UnsupportedMediaType("Content-Encoding is empty or not ASCII; send gzip, deflate or identity")
+    return encoding
+
+
 def request_id_of(given: str | None) -> str:
     """The client's X-Request-ID when it is plain (letters, digits, `._:-`, up to 128), else a new one."""
     return given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
@@ -87,7 +101,7 @@ class FastPath:
         if method == "POST" and path.endswith("/infer"):
             match = INFER_RE.fullmatch(path.encode("latin-1").decode("utf-8", "replace"))  # PEP 3333
             length = environ.get("CONTENT_LENGTH")
-            if match and length and length.isdigit() and int(length) <= self.max_body:
+            if match and length and length.isascii() and length.isdigit() and int(length) <= self.max_body:
                 return self._infer(environ, start_response, match.group(1), match.group(2), int(length))
             if match and not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
                 return self._infer(environ, start_response, match.group(1), match.group(2), None)
@@ -124,8 +138,8 @@ class FastPath:
                     raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
                                      f"{len(body)} bytes")
             encoding = environ.get("HTTP_CONTENT_ENCODING")
-            if encoding:
-                body = decompress(body, encoding.strip().lower(), self.max_body)
+            if encoding is not None:
+                body = decompress(body, content_encoding_of(encoding), self.max_body)
             payload, binary_header, model = self.plane.infer(name, version, body, header_length)
             model_name, model_version = model.name, model.version_str
             accept = environ.get("HTTP_ACCEPT_ENCODING")

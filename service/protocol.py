@@ -7,8 +7,10 @@ particular model (names, shapes, datatypes) live in runtime.py; this module chec
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
+import reprlib
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,7 @@ import numpy as np
 import orjson
 
 from service.artifact import DATATYPES
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, join_problems
 
 NUMPY_DTYPES = {name: np.dtype(dt) for name, dt in DATATYPES.items()}
 # Which numpy kinds a JSON array may arrive as for each V2 datatype ('i'/'u' ints, 'f' floats, 'b' bools).
@@ -29,6 +31,38 @@ ACCEPTED_JSON_KINDS = {
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PARAMETER_TYPES = (str, int, float, bool)
 MAX_DIMS = 8  # no model here has more; bounds the work a shape can ask for before the element count is known
+MAX_NAME_IN_MESSAGE = 64  # characters of a client's tensor name repeated in an error message
+
+_BRIEF = reprlib.Repr()  # a client's value in an error message: bounded in depth and length, whatever was sent
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxtuple, _BRIEF.maxset = 2, 4, 4, 4, 4
+_BRIEF.maxstring = _BRIEF.maxlong = _BRIEF.maxother = 40
+
+
+def brief(value: Any) -> str:
+    """A short repr of a value from a request, for an error message.
+
+    The builtin repr of JSON nested a thousand levels deep (orjson accepts 1024) raises RecursionError, and that
+    of a 10 MB string is 10 MB: reprlib bounds both."""
+    try:
+        return _BRIEF.repr(value)
+    except (RecursionError, ValueError):
+        return f"a {type(value).__name__}"
+
+
+def clip(name: str) -> str:
+    """A client's tensor name as quoted in an error message: at most MAX_NAME_IN_MESSAGE characters."""
+    return name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "..."
+
+
+def contains_bool(data: list, depth: int) -> bool:
+    """True when the regular nested list `data` (`depth` levels) holds a JSON true or false.
+
+    numpy turns [true, 0] into the integers [1, 0] (bool is a subclass of int), so a boolean in a numeric tensor
+    is found only on the Python objects. The scan runs in C (itertools and map), about 20 ns an element."""
+    items: Any = data
+    for _ in range(depth - 1):
+        items = itertools.chain.from_iterable(items)
+    return bool in set(map(type, items))
 
 
 @dataclass
@@ -70,24 +104,37 @@ def _check_parameters(where: str, params: Any, problems: list[str]) -> dict:
         return {}
     for key, value in params.items():
         if not isinstance(value, PARAMETER_TYPES):
-            problems.append(f"{where}.parameters.{key}: expected a string, number or boolean, "
+            problems.append(f"{where}.parameters.{clip(key)}: expected a string, number or boolean, "
                             f"got {type(value).__name__}")
     return params
 
 
-def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[np.ndarray | None, str | None]:
-    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem)."""
+def _array_from_json(where: str, data: Any, datatype: str, count: int,
+                     maybe_bools: bool = True) -> tuple[np.ndarray | None, str | None]:
+    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem).
+
+    `maybe_bools`: whether the request's JSON text has a `true` or `false` anywhere (else the scan for booleans
+    among numbers is skipped)."""
     if not isinstance(data, list):
         return None, f"{where}.data: expected a list of numbers, got {type(data).__name__}"
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError):
+        depth, item = 0, data
+        while isinstance(item, list) and item:
+            depth, item = depth + 1, item[0]
+        if depth > MAX_DIMS:
+            return None, f"{where}.data: nested {depth} levels deep; a tensor has at most {MAX_DIMS} dimensions"
         return None, f"{where}.data: nested lists must be regular (all rows the same length)"
     kinds = ACCEPTED_JSON_KINDS[datatype]
     if raw.size and raw.dtype.kind not in kinds:
         found = {"U": "strings", "O": "non-numbers or numbers out of range", "b": "booleans",
                  "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(raw.dtype.kind, str(raw.dtype))
         return None, f"{where}.data: expected {datatype} values, got {found}"
+    if maybe_bools and raw.dtype.kind in "iuf" and raw.size and contains_bool(data, raw.ndim):
+        # JSON true/false are BOOL data (V2 datatype BOOL); numpy would have read them as 1 and 0.
+        return None, (f"{where}.data: expected {datatype} values, got booleans (true/false) among the numbers; "
+                      "booleans are data of datatype BOOL")
     flat = raw.reshape(-1)
     if flat.size != count:
         return None, f"{where}.data: shape needs {count} elements, got {flat.size}"
@@ -120,10 +167,13 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
     except orjson.JSONDecodeError as exc:
         try:  # Python's parser also reads NaN and Infinity, so that the check below can name the input
             req = json.loads(header)
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except RecursionError:
+            raise BadRequest("request body is not valid JSON: nested too deeply") from None
+        except (UnicodeDecodeError, ValueError):
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
+    maybe_bools = b"true" in header or b"false" in header  # cheap: most requests need no scan for booleans
 
     problems: list[str] = []
     data_problems: list[str] = []
@@ -135,7 +185,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
 
     raw_inputs = req.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        problems.append(f"inputs: expected a non-empty list of tensors, got {raw_inputs!r:.60}")
+        problems.append(f"inputs: expected a non-empty list of tensors, got {brief(raw_inputs)}")
         raw_inputs = []
     inputs: list[RequestInput] = []
     offset = 0
@@ -146,18 +196,18 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
             continue
         name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
         if isinstance(name, str) and name:
-            where = f"input '{name}'"
+            where = f"input '{clip(name)}'"
         else:
-            problems.append(f"{where}.name: expected a non-empty string, got {name!r:.60}")
+            problems.append(f"{where}.name: expected a non-empty string, got {brief(name)}")
         if not _is_shape(shape):
             problems.append(f"{where}.shape: expected a list of at most {MAX_DIMS} non-negative integers, "
-                            f"got {shape!r:.60}")
+                            f"got {brief(shape)}")
         if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
-            problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {datatype!r:.30}")
+            problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {brief(datatype)}")
         tparams = _check_parameters(where, tensor.get("parameters"), problems)
         size = tparams.get("binary_data_size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            problems.append(f"{where}.parameters.binary_data_size: expected a non-negative integer, got {size!r}")
+            problems.append(f"{where}.parameters.binary_data_size: expected a non-negative integer, got {brief(size)}")
             continue
         if size is not None and "data" in tensor:
             problems.append(f"{where}: has both 'data' and binary_data_size; send one of them")
@@ -178,6 +228,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
         if count > max_elements:
             problems.append(f"{where}.shape: {shape} holds {count} elements, more than the limit of {max_elements}")
             continue
+        if max(shape, default=0) > max_elements:  # e.g. [0, 10**9, 10**9]: no elements, but numpy cannot shape it
+            problems.append(f"{where}.shape: {shape} has a dimension over the limit of {max_elements} elements")
+            continue
         if size is not None:
             dtype = NUMPY_DTYPES[datatype]
             if size != count * dtype.itemsize:
@@ -186,7 +239,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
             else:
                 array, problem = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")), None
         else:
-            array, problem = _array_from_json(where, tensor["data"], datatype, count)
+            array, problem = _array_from_json(where, tensor["data"], datatype, count, maybe_bools)
         if problem:
             data_problems.append(problem)
         inputs.append(RequestInput(name, datatype, shape, None if array is None else array.reshape(shape)))
@@ -201,20 +254,26 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
             problems.append(f"outputs: expected a list, got {type(raw_outputs).__name__}")
         else:
             outputs = []
+            seen = set()
             for i, out in enumerate(raw_outputs):
                 if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                     problems.append(f"outputs[{i}]: expected an object with a string 'name'")
                     continue
-                oparams = _check_parameters(f"output '{out['name']}'", out.get("parameters"), problems)
+                where = f"output '{clip(out['name'])}'"
+                if out["name"] in seen:
+                    problems.append(f"outputs[{i}]: {where} is requested more than once")
+                    continue
+                seen.add(out["name"])
+                oparams = _check_parameters(where, out.get("parameters"), problems)
                 top_k = oparams.get("classification", 0)
                 if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-                    problems.append(f"output '{out['name']}'.parameters.classification: expected a positive "
-                                    f"integer (top-k), got {top_k!r:.20}")
+                    problems.append(f"{where}.parameters.classification: expected a positive "
+                                    f"integer (top-k), got {brief(top_k)}")
                     continue
                 binary_flag = oparams.get("binary_data", binary_default)
                 outputs.append(RequestedOutput(out["name"], binary_flag is True, top_k))
     if problems:
-        raise BadRequest("invalid inference request: " + "; ".join(problems))
+        raise BadRequest("invalid inference request: " + join_problems(problems))
     return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
 
 
@@ -234,6 +293,9 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body decompresses to more than the limit of {limit} bytes")
     if not inflater.eof:
         raise BadRequest(f"request body is truncated {encoding} data")
+    if inflater.unused_data:  # silently dropping what follows would answer a request the client did not send
+        raise BadRequest(f"request body has {len(inflater.unused_data)} bytes after the end of its {encoding} "
+                         "data (one stream expected)")
     return data
 
 

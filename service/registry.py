@@ -126,7 +126,9 @@ class ModelRegistry:
             if self.settings.dynamic_batching:
                 try:
                     config = parse_config(self.settings.models / name / "config.pbtxt", self.settings.batch_limit(name))
-                except (ValueError, OSError) as exc:
+                except OSError as exc:  # str(exc) would name the absolute path: reasons are shown to clients
+                    raise LoadError(f"config.pbtxt: cannot be read ({exc.strerror or type(exc).__name__})") from None
+                except ValueError as exc:
                     raise LoadError(f"config.pbtxt: {exc}") from None
                 if config is not None:
                     model.batcher = Batcher(config, self.metrics.for_model(name, str(version)).observe_run)

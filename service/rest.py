@@ -5,14 +5,18 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from importlib import resources
 
 from flask import Blueprint, Response, current_app, g, request
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, Forbidden, Unauthorized
-from service.protocol import HEADER_LENGTH, compress, decompress
+from service.fastpath import content_encoding_of
+from service.protocol import HEADER_LENGTH, brief, compress, decompress
 
 bp = Blueprint("v2", __name__)
+OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
+"""The OpenAPI 3 description of this HTTP API, served as is at /openapi.json (tests keep it in step with the routes)."""
 
 
 def _plane() -> DataPlane:
@@ -59,7 +63,7 @@ def model_ready(name: str, version: str | None = None):
 
 def _request_body() -> bytes:
     """The body, decompressed per Content-Encoding within the body-size limit (a zip bomb gets 413)."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = content_encoding_of(request.headers.get("Content-Encoding"))
     return decompress(request.get_data(cache=False), encoding, _plane().settings.max_body_bytes)
 
 
@@ -99,7 +103,7 @@ def predict(name: str):
 
 def _authorize() -> None:
     """The repository calls change what is served: they need the operator's bearer token."""
-    token = _plane().settings.repository_token
+    token = _plane().settings.repository_token.strip()  # a secret file's trailing newline is not part of it
     if not token:
         raise Forbidden("the model repository extension is disabled: the operator has not set "
                         "NNSERVE_REPOSITORY_TOKEN")
@@ -122,20 +126,32 @@ def _json_body(optional: bool = True) -> dict:
     return value
 
 
+def _repository_parameters(body: dict) -> dict:
+    """A load/unload body's `parameters`: an object of strings, numbers and booleans, as everywhere in V2."""
+    params = body.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadRequest(f"parameters: expected an object, got {type(params).__name__}")
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise BadRequest(f"parameters.{key[:64]}: expected a string, number or boolean, "
+                             f"got {type(value).__name__}")
+    return params
+
+
 @bp.post("/v2/repository/index")
 def repository_index():
     _authorize()
     ready = _json_body().get("ready", False)
     if not isinstance(ready, bool):
-        raise BadRequest(f"ready: expected a boolean, got {ready!r:.40}")
+        raise BadRequest(f"ready: expected a boolean, got {brief(ready)}")
     return json_response(_plane().repository_index(ready))
 
 
 @bp.post("/v2/repository/models/<name>/load")
 def repository_load(name: str):
     _authorize()
-    params = _json_body().get("parameters", {})
-    if isinstance(params, dict) and ("config" in params or any(k.startswith("file:") for k in params)):
+    params = _repository_parameters(_json_body())
+    if "config" in params or any(k.startswith("file:") for k in params):
         raise BadRequest("loading a model from a config or files in the request is not supported; "
                          "publish the version into the repository, then call load")
     _plane().load_model(name)
@@ -145,7 +161,7 @@ def repository_load(name: str):
 @bp.post("/v2/repository/models/<name>/unload")
 def repository_unload(name: str):
     _authorize()
-    _json_body()
+    _repository_parameters(_json_body())
     _plane().unload_model(name)
     return json_response({})
 
@@ -154,3 +170,8 @@ def repository_unload(name: str):
 def metrics():
     body, content_type = _plane().metrics.render()
     return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return Response(OPENAPI, mimetype="application/json")

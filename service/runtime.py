@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from service import artifact
 from service.errors import InferenceFailed, InvalidInput
-from service.protocol import NUMPY_DTYPES, InferRequest
+from service.protocol import NUMPY_DTYPES, InferRequest, clip
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class LoadedModel:
         for tensor in request.inputs:
             spec = self.inputs.get(tensor.name)
             if spec is None:
-                problems.append(f"unexpected input '{tensor.name}'; the model's inputs are {list(self.inputs)}")
+                problems.append(f"unexpected input '{clip(tensor.name)}'; the model's inputs are {list(self.inputs)}")
                 continue
             if tensor.name in feed:
                 problems.append(f"input '{tensor.name}' is given more than once")
@@ -137,7 +137,7 @@ class LoadedModel:
         if request.outputs is not None:
             for out in request.outputs:
                 if out.name not in self.outputs:
-                    problems.append(f"unknown output '{out.name}'; the model's outputs are {self.output_names}")
+                    problems.append(f"unknown output '{clip(out.name)}'; the model's outputs are {self.output_names}")
         if problems:
             raise InvalidInput(self.name, problems)
         return feed

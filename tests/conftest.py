@@ -127,6 +127,34 @@ def server(exported_repo, tmp_path_factory):
     srv.stop()
 
 
+def publish_copy(repo: Path, model: str = "digits-mlp", source_version: int = 1, damage=None, extra=None) -> int:
+    """Publish the next version of `model` with the files of `source_version` (its version renumbered) through the
+    real atomic publisher. `damage(files)` corrupts them first, inside the publish, so no reader ever sees a good
+    version turn bad; `extra` adds files (e.g. a large one, to widen the publish's write window)."""
+    import onnx
+
+    from service import artifact
+
+    src = repo / model / str(source_version)
+
+    def build(version):
+        files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+        files.update(extra or {})
+        meta = json.loads(files[artifact.METADATA_FILENAME])
+        meta["version"] = version
+        graph = onnx.load_from_string(files[artifact.MODEL_FILENAME])
+        del graph.metadata_props[:]
+        onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(artifact.embedded_view(meta))})
+        files[artifact.MODEL_FILENAME] = graph.SerializeToString()
+        meta["files"] = artifact.file_entries({k: v for k, v in files.items() if k != artifact.METADATA_FILENAME})
+        files[artifact.METADATA_FILENAME] = artifact.dumps(meta).encode()
+        if damage:
+            damage(files)
+        return files
+
+    return artifact.publish_version(repo, model, build)[0]
+
+
 @pytest.fixture
 def copy_repo(tmp_path):
     """Copy a repository (default: the shipped one) into tmp_path and return the copy."""

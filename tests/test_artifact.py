@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -141,3 +145,37 @@ def test_read_metadata_checks_folder_agreement(tmp_path):
 
 def test_canonical_dump_is_stable():
     assert artifact.dumps(VALID) == artifact.dumps(json.loads(artifact.dumps(VALID)))
+
+
+def test_a_publisher_killed_mid_write_leaves_no_version_and_the_next_publish_succeeds(copy_repo, tmp_path):
+    """SIGKILL a real publishing process while it writes, then: no partial version is visible to the repository or
+    to a registry loading it, the lock died with the process, and the next publish gets the next number."""
+    from service.metrics import Metrics
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+    from tests.conftest import ROOT, publish_copy
+
+    repo = copy_repo()
+    model_dir = repo / "digits-mlp"
+    script = ("import sys; from pathlib import Path; from tests.conftest import publish_copy; "
+              "publish_copy(Path(sys.argv[1]), extra={'plots/large.bin': bytes(400_000_000)})")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(repo)], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once it is writing its files
+        if any(p.is_file() for d in model_dir.glob(f"{artifact.TMP_PREFIX}*") for p in d.rglob("*")):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the publisher finished before it could be killed mid-write"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(model_dir.glob(f"{artifact.TMP_PREFIX}*")), "nothing half-written to prove invisible"
+    assert artifact.list_versions(model_dir) == [1]
+    registry = ModelRegistry(Settings(models=repo, poll_seconds=0, background_load=False), Metrics())
+    registry.load_all()
+    assert registry.is_ready() and registry.versions("digits-mlp") == [1]
+    assert [e for e in registry.index() if e["name"] == "digits-mlp"] == [
+        {"name": "digits-mlp", "version": "1", "state": "READY", "reason": ""}]
+    assert publish_copy(repo) == 2  # the lock was released by the kill; the leftover is cleaned
+    assert not list(model_dir.glob(f"{artifact.TMP_PREFIX}*"))
+    registry.reconcile("digits-mlp")
+    assert registry.versions("digits-mlp") == [1, 2]

@@ -83,7 +83,7 @@ class Container:
 
 @pytest.fixture(scope="module")
 def container(image):
-    box = Container()
+    box = Container("--read-only", "--tmpfs", "/tmp")  # as compose.yaml and deploy/k8s run it
     ready = box.wait_ready()
     print(f"\nruntime container ready {ready:.1f} s after `podman run`")
     yield box
@@ -128,10 +128,13 @@ def test_every_shipped_model_answers_through_tritonclient(container):
             np.testing.assert_allclose(result.as_numpy(name), value, rtol=1e-5, atol=1e-6, err_msg=folder.name)
 
 
-def test_metrics_and_a_non_root_user(container):
+def test_metrics_and_a_non_root_user_on_a_read_only_root(container):
     status, body = container.get("/metrics")
     assert status == 200 and b"nnserve_inference_requests_total" in body
     assert podman("exec", container.name, "id", "-u").stdout.strip() == "10001"
+    assert podman("inspect", container.name, "--format", "{{.HostConfig.ReadonlyRootfs}}").stdout.strip() == "true"
+    for path in ("/app/probe", "/models/probe", "/probe"):
+        assert podman("exec", container.name, "touch", path, check=False).returncode != 0, path
     assert podman("image", "inspect", IMAGE, "--format", "{{.Config.User}}").stdout.strip() == "10001:10001"
 
 

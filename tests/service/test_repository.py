@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from service import artifact
-from tests.conftest import ROOT, SHIPPED_MODELS, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, publish_copy, start_server
 from tests.service.test_server import sample_value
 
 TOKEN = "s3cret-token"
@@ -34,27 +34,6 @@ def server(repo, tmp_path):
                        env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
     yield srv
     srv.stop()
-
-
-def publish_copy(repo, source_version: int) -> int:
-    """Publish a new version of digits-mlp whose files are those of `source_version` (metadata renumbered)."""
-    src = repo / "digits-mlp" / str(source_version)
-
-    def build(version):
-        files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
-        meta = json.loads(files[artifact.METADATA_FILENAME])
-        import onnx
-
-        model = onnx.load_from_string(files[artifact.MODEL_FILENAME])
-        meta["version"] = version
-        del model.metadata_props[:]
-        onnx.helper.set_model_props(model, {artifact.METADATA_PROP: json.dumps(artifact.embedded_view(meta))})
-        files[artifact.MODEL_FILENAME] = model.SerializeToString()
-        meta["files"] = artifact.file_entries({k: v for k, v in files.items() if k != artifact.METADATA_FILENAME})
-        files[artifact.METADATA_FILENAME] = artifact.dumps(meta).encode()
-        return files
-
-    return artifact.publish_version(repo, "digits-mlp", build)[0]
 
 
 class ClientLoop(threading.Thread):
@@ -103,7 +82,7 @@ def test_load_of_a_new_version_under_load_fails_no_request(server, repo):
     loop = ClientLoop(server)
     loop.start()
     time.sleep(0.5)
-    version = publish_copy(repo, 2)
+    version = publish_copy(repo, source_version=2)
     client = httpclient.InferenceServerClient(server.url)
     client.load_model("digits-mlp", headers=AUTH)  # returns once every worker serves it
     answers = [server.json("POST", "/v2/models/digits-mlp/infer", raw=loop.body)[1]["model_version"]
@@ -117,7 +96,7 @@ def test_load_of_a_new_version_under_load_fails_no_request(server, repo):
 
 @pytest.mark.parametrize("damage", ["truncated model.onnx", "invalid metadata", "wrong input names"])
 def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(server, repo, damage):
-    version = publish_copy(repo, 2)
+    version = publish_copy(repo, source_version=2)
     version_dir = repo / "digits-mlp" / str(version)
     if damage == "truncated model.onnx":
         data = (version_dir / "model.onnx").read_bytes()
@@ -165,7 +144,7 @@ def test_unload_then_load(server):
 def test_hot_reload_picks_up_a_new_version(repo, tmp_path):
     srv = start_server(repo, tmp_path, "--workers", "2", "--poll-seconds", "0.3")
     try:
-        publish_copy(repo, 2)
+        publish_copy(repo, source_version=2)
         deadline = time.monotonic() + 15
         seen = set()
         while time.monotonic() < deadline and seen != {"3"}:
