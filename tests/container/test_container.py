@@ -130,11 +130,13 @@ def test_every_shipped_model_answers_through_tritonclient(container):
 
 def test_metrics_and_a_non_root_user_on_a_read_only_root(container):
     status, body = container.get("/metrics")
-    assert status == 200 and b"nnserve_inference_requests_total" in body
+    assert status == 200 and b'nnserve_model_loaded{model="digits-cnn",provider="CPUExecutionProvider",version="1"} 1.0' in body
     assert podman("exec", container.name, "id", "-u").stdout.strip() == "10001"
     assert podman("inspect", container.name, "--format", "{{.HostConfig.ReadonlyRootfs}}").stdout.strip() == "true"
-    for path in ("/app/probe", "/models/probe", "/probe"):
+    for path in ("/probe", "/app/probe", "/opt/venv/probe", "/etc/probe", "/home/nnserve/probe"):
         assert podman("exec", container.name, "touch", path, check=False).returncode != 0, path
+    # /models is the image's VOLUME (the repository a trainer may publish into), /tmp the tmpfs: not the root.
+    assert podman("exec", container.name, "touch", "/tmp/probe", check=False).returncode == 0
     assert podman("image", "inspect", IMAGE, "--format", "{{.Config.User}}").stdout.strip() == "10001:10001"
 
 
