@@ -1,4 +1,4 @@
-"""`python -m training`: fit, export, retrain, train the zoo, check a repository, list what exists."""
+"""`python -m training`: fit, tune, export, retrain, train the zoo, check a repository, list what exists."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ DEFAULT_MODELS = Path("models")
 
 def _fit(args: argparse.Namespace) -> int:
     from training.config import RunConfig, apply_overrides, load_config
+    from training.distributed import from_environment
     from training.trainer import fit
 
     config = load_config(args.config) if args.config else RunConfig()
@@ -30,9 +31,19 @@ def _fit(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR: the run folder to continue")
     out = args.out or Path("runs") / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    fit(config, Path(out), log=(lambda _msg: None) if args.quiet else print, quiet=args.quiet,
-        resume=args.resume)
-    print(out)
+    distributed = from_environment()  # None unless started by torchrun
+    if distributed and not args.out:  # every rank must name the same folder; rank 0's clock decides
+        out = distributed.broadcast(out)
+    try:
+        fit(config, Path(out), log=(lambda _msg: None) if args.quiet else print, quiet=args.quiet,
+            resume=args.resume, distributed=distributed)
+        if distributed:
+            distributed.barrier()  # no rank leaves while another still talks to it
+    finally:
+        if distributed:  # also after an error, without a barrier the other ranks may never reach
+            distributed.close()
+    if distributed is None or distributed.main:
+        print(out)
     return 0
 
 
@@ -118,6 +129,25 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from training.config import apply_overrides, load_config
+    from training.tune import tune
+
+    config = apply_overrides(load_config(args.config), list(args.set))
+    if not config.name:
+        config.name = f"{config.dataset}-{config.arch}"
+    out = args.out or Path("runs") / "tune" / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        tune(config, Path(out), args.trials, storage=args.storage, jobs=args.jobs, metric=args.metric,
+             pruner=args.pruner, startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs,
+             sampler_seed=args.sampler_seed, study_name=args.study, quiet=args.quiet)
+    except RuntimeError as exc:  # a worker process died
+        print(f"python -m training tune: {exc}", file=sys.stderr)
+        return 4
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,11 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["dynamic"], help="publish an int8 (dynamic) model instead, if it loses "
                         "<= 0.5 points and is faster at batch 64 measured side by side (MatMul/Gemm-only graphs)")
     export.set_defaults(func=_export)
+
+    tune = sub.add_parser("tune", help="search the config's [search] space with Optuna, then fit the best config")
+    tune.add_argument("config", help="TOML config with a [search] table, or a zoo name such as digits-cnn")
+    tune.add_argument("--trials", type=int, required=True,
+                      help="trials in the study in all, shared by every worker process (and every command on the "
+                           "same --storage); the config as written is trial 0 when it lies in the space")
+    tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); several processes or "
+                      "machines share one study through the same URL")
+    tune.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    tune.add_argument("--study", help="study name (default: the config's name)")
+    tune.add_argument("--metric", help="validation metric to optimize (default: the config's train.monitor)")
+    tune.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                      help="stop trials whose validation metric lags at the same epoch (default median)")
+    tune.add_argument("--startup-trials", type=int, default=5,
+                      help="median pruner: completed trials before any trial is pruned (default 5)")
+    tune.add_argument("--warmup-epochs", type=int,
+                      help="epochs a trial runs before it may be pruned (default: a tenth of train.epochs)")
+    tune.add_argument("--sampler-seed", type=int, help="TPE seed; worker i uses seed + i (default: the config's "
+                      "seed). Give each command that shares a study its own")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value before the search, e.g. --set train.epochs=20 (repeatable)")
+    tune.add_argument("--out", type=Path, help="run folder (default runs/tune/<name>-<timestamp>)")
+    tune.add_argument("--quiet", action="store_true", help="no line per trial")
+    tune.set_defaults(func=_tune)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "fit" and "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun in every process it starts
+        print(f"python -m training {args.command}: only `fit` runs under torchrun; start this without it",
+              file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ValueError as exc:  # configuration and input errors: one clear line, no traceback

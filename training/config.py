@@ -44,6 +44,15 @@ class TrainConfig:
 
 OPERATIONAL = (("train", "checkpoint_seconds"),)  # (section, key): left out of RunConfig.sha256
 
+# The search space of `python -m training tune`: a table of dotted config paths, each with a distribution.
+SEARCH_TYPES = {
+    "float": {"low", "high", "log", "step"},
+    "int": {"low", "high", "log", "step"},
+    "categorical": {"choices"},
+    "widths": {"low", "high", "log", "step", "layers"},  # a list of ints: its length and each width are searched
+}
+FREE_SECTIONS = ("data", "model", "eval")  # free-form tables: their keys are checked when a run builds them
+
 
 @dataclass
 class SplitConfig:
@@ -67,6 +76,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     eval: dict[str, Any] = field(default_factory=dict)  # task-specific evaluation settings
+    # Hyperparameter search space for `tune`: {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 0.1,
+    # "log": true}, ...}. It says how to tune the config, not what a run learns: left out of sha256.
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,9 +86,10 @@ class RunConfig:
     def sha256(self) -> str:
         """Hash of the resolved config, recorded in the artifact to tell which config built it.
 
-        Settings that change how a run is carried out but not what it learns (OPERATIONAL) are left out, so
-        that adding one does not orphan every model already built."""
+        Settings that change how a run is carried out but not what it learns (OPERATIONAL, and the search table
+        of `tune`) are left out, so that adding one does not orphan every model already built."""
         data = self.to_dict()
+        data.pop("search")
         for section, key in OPERATIONAL:
             data[section].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -99,7 +112,78 @@ class RunConfig:
                 if bad:
                     raise ValueError(f"unknown key(s) {[f'{key}.{b}' for b in bad]}; valid: {sorted(valid)}")
                 data[key] = section_cls(**data[key])
+        if "search" in data:
+            check_search(data["search"])
         return cls(**data)
+
+
+def _check_search_path(path: str) -> None:
+    """The dotted path names a config value, or a free-form table (`model`) whose choices are tables."""
+    sections = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "split": SplitConfig}
+    root, *rest = path.split(".")
+    roots = sorted({f.name for f in dataclasses.fields(RunConfig)} - {"name", "search"})
+    if root not in roots or any(not part for part in rest):
+        raise ValueError(f"search.{path}: not a config path; it starts with one of {roots}, e.g. optimizer.lr")
+    if root in sections:
+        valid = sorted(f.name for f in dataclasses.fields(sections[root]))
+        if len(rest) != 1 or rest[0] not in valid:
+            raise ValueError(f"search.{path}: {root} has no such key; valid: {[f'{root}.{v}' for v in valid]}")
+    elif root not in FREE_SECTIONS and rest:
+        raise ValueError(f"search.{path}: {root} is a single value, not a table")
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
+def check_search(search: Any) -> None:
+    """Validate a config's search section; every error names the entry (`search.optimizer.lr.low`)."""
+    if not isinstance(search, dict):
+        raise ValueError(f"search: expected a table of config paths, got {search!r}")
+    for path, spec in search.items():
+        _check_search_path(path)
+        if not isinstance(spec, dict):
+            raise ValueError(f"search.{path}: expected a table with a type, e.g. "
+                             f"{{type = \"float\", low = 0.0001, high = 0.1, log = true}}, got {spec!r}")
+        kind = spec.get("type")
+        if kind not in SEARCH_TYPES:
+            raise ValueError(f"search.{path}.type: {kind!r} is not a search type; valid types are {list(SEARCH_TYPES)}")
+        bad = sorted(set(spec) - SEARCH_TYPES[kind] - {"type"})
+        if bad:
+            raise ValueError(f"search.{path}: unknown key(s) {bad} for type {kind!r}; "
+                             f"valid: {sorted(SEARCH_TYPES[kind] | {'type'})}")
+        whole_table = path in FREE_SECTIONS
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f"search.{path}.choices: expected a non-empty array, got {choices!r}")
+            if whole_table and not all(isinstance(c, dict) for c in choices):
+                raise ValueError(f"search.{path}.choices: {path} is a table; each choice must be a table of its keys")
+            continue
+        if whole_table:
+            raise ValueError(f"search.{path}: {path} is a table; search one of its keys, e.g. {path}.dropout")
+        integer = kind != "float"
+        for key in ("low", "high"):
+            if not _is_number(spec.get(key), integer):
+                raise ValueError(f"search.{path}.{key}: expected {'an integer' if integer else 'a number'}, "
+                                 f"got {spec.get(key)!r}")
+        if not spec["low"] < spec["high"]:
+            raise ValueError(f"search.{path}: low ({spec['low']}) must be below high ({spec['high']})")
+        if not isinstance(spec.get("log", False), bool):
+            raise ValueError(f"search.{path}.log: expected true or false, got {spec['log']!r}")
+        if spec.get("log") and spec["low"] <= 0:
+            raise ValueError(f"search.{path}.low: a log scale needs low > 0, got {spec['low']}")
+        if "step" in spec:
+            if spec.get("log"):
+                raise ValueError(f"search.{path}: step and log cannot be used together")
+            if not _is_number(spec["step"], integer) or spec["step"] <= 0:
+                raise ValueError(f"search.{path}.step: expected a positive {'integer' if integer else 'number'}, "
+                                 f"got {spec['step']!r}")
+        layers = spec.get("layers")
+        if kind == "widths" and not (isinstance(layers, list) and len(layers) == 2
+                                     and all(_is_number(n, True) for n in layers) and 1 <= layers[0] <= layers[1]):
+            raise ValueError(f"search.{path}.layers: expected [min, max] layer counts with 1 <= min <= max, "
+                             f"got {layers!r}")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -8,6 +8,9 @@ A run folder holds:
   summary.json     split, test metrics, baseline, library versions, timings
   plots/*.png      loss and metric curves, and the task's own plot
 `--resume` continues from last.pt and ends where an uninterrupted run would (same RNG stream).
+
+Under torchrun (training/distributed.py) every process trains a DistributedDataParallel replica on its share of
+each global batch of `train.batch_size`; rank 0 evaluates, decides and writes, and the others follow its decisions.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from training import architectures
 from training.config import OptimizerConfig, RunConfig, ScheduleConfig
 from training.data import (Dataset, Split, arrange, load_dataset, split_by_time, split_indices, standardization,
                            windows)
+from training.distributed import Distributed
 from training.tasks import (TASK_SPECS, Network, ServedModel, compute_metrics, higher_is_better, loss_fn,
                             training_target)
 
@@ -188,14 +192,15 @@ def evaluate_split(network: Network, prepared: Prepared, part: str, loss) -> dic
     """Loss (training units) and the task's metrics (data units) on one split."""
     task = prepared.task
     X, y = prepared.X[part], prepared.y[part]
+    device = network.x_mean.device  # the CPU, or a data-parallel run's GPU
     network.eval()
     with torch.inference_mode():  # one forward pass gives both the loss and the served outputs
-        xt = torch.from_numpy(X)
-        yt = None if y is None else torch.from_numpy(y)
+        xt = torch.from_numpy(X).to(device)
+        yt = None if y is None else torch.from_numpy(y).to(device)
         raw = network(xt)
         value = float(loss(raw, training_target(task, network, xt, yt)))
         served = ServedModel(network, task).head(raw, xt)
-    outputs = tuple(o.numpy() for o in served) if isinstance(served, tuple) else served.numpy()
+    outputs = tuple(o.cpu().numpy() for o in served) if isinstance(served, tuple) else served.cpu().numpy()
     return {"loss": value, **compute_metrics(task, outputs, y)}
 
 
@@ -255,22 +260,39 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet: bool = True,
-        resume: bool = False, stop_after: int | None = None) -> dict:
+        resume: bool = False, stop_after: int | None = None, distributed: Distributed | None = None,
+        epoch_callback: Callable[[int, dict], None] | None = None) -> dict:
     """Train `config` into the run folder `out`; return the summary (also written to summary.json).
 
     `stop_after` ends the run after that many epochs without finishing it (as if killed), for tests.
+    `epoch_callback(epoch, row)` is called after each epoch's validation and checkpoint with that epoch's
+    metrics.jsonl row; an exception it raises ends the run and propagates (tune uses it to prune trials).
+    `distributed` (a torchrun launch, from training.distributed.from_environment) trains data-parallel:
+    `train.batch_size` stays the global batch, each of the world_size processes takes an equal share of it.
     """
     if config.arch == "gan":
+        if distributed is not None:
+            raise ValueError("the GAN (arch 'gan') trains in a single process only; run it without torchrun")
         from training.gan import fit_gan
 
         return fit_gan(config, out, log=log, quiet=quiet, resume=resume, stop_after=stop_after)
     started = time.perf_counter()
     if config.train.epochs < 1:
         raise ValueError(f"train.epochs: expected at least 1, got {config.train.epochs}")
+    world = distributed.world_size if distributed else 1
+    if config.train.batch_size % world:
+        raise ValueError(f"train.batch_size: {config.train.batch_size} is the global batch and must divide evenly "
+                         f"among the {world} processes; choose a multiple of {world}")
+    main = distributed is None or distributed.main
+    if not main:  # rank 0 alone logs and shows progress
+        log, quiet = (lambda _msg: None), True
+    device = distributed.device if distributed else torch.device("cpu")
     torch.manual_seed(config.seed)
     prepared = prepare(config)
     task = prepared.task
     network, hyper = build_network(config, prepared)
+    network.to(device)
+    model = distributed.wrap(network) if distributed else network  # what the training step calls
     optimizer = make_optimizer(config.optimizer, network.parameters())
     monitor = config.train.monitor
     maximize = higher_is_better(monitor)
@@ -279,10 +301,15 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
     generator = torch.Generator().manual_seed(config.seed)
     state = {"epoch": 0, "best": -math.inf if maximize else math.inf, "best_epoch": 0, "stale": 0}
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(config, prepared, hyper, out)
-    if resume and (out / "last.pt").exists():
-        checkpoint = torch.load(out / "last.pt", weights_only=True)
+    checkpoint = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(config, prepared, hyper, out)
+        if resume and (out / "last.pt").exists():
+            checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    if distributed:  # every rank resumes from rank 0's checkpoint: the run folder need not be shared storage
+        checkpoint = distributed.broadcast(checkpoint)
+    if checkpoint is not None:
         network.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if schedule is not None:
@@ -291,26 +318,29 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
         generator.set_state(checkpoint["rng"]["generator"])
         state = checkpoint["state"]
         log(f"resuming {out} after epoch {state['epoch']}")
-    else:  # an earlier run's checkpoints in this folder are not ours: --resume must not pick them up later
+    elif main:  # an earlier run's checkpoints in this folder are not ours: --resume must not pick them up later
         for name in ("last.pt", "best.pt"):
             (out / name).unlink(missing_ok=True)
-    history = read_history(out, state["epoch"])
+    history = read_history(out, state["epoch"]) if main else []
 
-    X_train = torch.from_numpy(prepared.X["train"])
-    y_train = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"])
+    X_train = torch.from_numpy(prepared.X["train"]).to(device)
+    y_train = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"]).to(device)
     progress = Progress(quiet)
-    batch = config.train.batch_size
+    batch = config.train.batch_size // world  # this process's share of each global batch
     epochs_this_call = 0
     best_weights = None  # the best epoch's weights, until the next checkpoint writes them
     last_checkpoint = time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as metrics_file:
+    with open(out / "metrics.jsonl" if main else os.devnull, "w") as metrics_file:
         for row in history:
             metrics_file.write(json.dumps(row) + "\n")
         for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
             if state["stale"] and config.train.patience and state["stale"] >= config.train.patience:
                 break
-            network.train()
+            model.train()
             order = torch.randperm(len(X_train), generator=generator)
+            if distributed:  # the same order on every rank (same generator); each takes its share of every batch
+                order = distributed.shard(order)
+                distributed.seed_epoch(config.seed, epoch)
             total, seen = 0.0, 0
             with progress.bar(math.ceil(len(order) / batch), epoch, config.train.epochs) as bar:
                 for i in range(0, len(order), batch):
@@ -318,7 +348,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
                     xb = X_train[idx]
                     target = training_target(task, network, xb, None if y_train is None else y_train[idx])
                     optimizer.zero_grad(set_to_none=True)
-                    value = loss(network(xb), target)
+                    value = loss(model(xb), target)
                     value.backward()
                     if config.train.grad_clip > 0:
                         nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
@@ -328,9 +358,13 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
                     if not quiet:
                         bar.update(1)
                         bar.set_postfix(loss=f"{float(total) / seen:.4f}")
-            val = evaluate_split(network, prepared, "val", loss)
+            if distributed:  # the mean over every rank's samples; rank 0 evaluates and every rank takes its row
+                total, seen = distributed.sum(total, seen)
+            val = evaluate_split(network, prepared, "val", loss) if main else {}
             row = {"epoch": epoch, "train_loss": float(total) / seen, **{f"val_{k}": v for k, v in val.items()},
                    "lr": optimizer.param_groups[0]["lr"]}
+            if distributed:  # so that the best epoch, early stopping and the schedule decide alike everywhere
+                row = distributed.broadcast(row)
             if monitor not in row:
                 raise ValueError(f"train.monitor: {monitor!r} is not measured for task {task!r}; "
                                  f"choose one of {sorted(k for k in row if k.startswith('val_'))}")
@@ -338,7 +372,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             improved = current > state["best"] if maximize else current < state["best"]
             if improved:
                 state.update(best=current, best_epoch=epoch, stale=0)
-                best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
             else:
                 state["stale"] += 1
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -351,18 +385,21 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
             stopping = bool(config.train.patience) and state["stale"] >= config.train.patience
             # Checkpoints cost more than a small model's epoch: written at most every checkpoint_seconds (a killed
             # run resumes from the last one and replays the epochs after it exactly), and always at the end.
-            if (epoch == config.train.epochs or stopping or config.train.checkpoint_seconds <= 0
-                    or time.perf_counter() - last_checkpoint >= config.train.checkpoint_seconds):
+            if main and (epoch == config.train.epochs or stopping or config.train.checkpoint_seconds <= 0
+                         or time.perf_counter() - last_checkpoint >= config.train.checkpoint_seconds):
                 if best_weights is not None:  # before last.pt, whose state names the best epoch
                     save_checkpoint(best_weights, out / "best.pt")
                     best_weights = None
-                save_checkpoint({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                save_checkpoint({"model": {k: v.cpu() for k, v in network.state_dict().items()},
+                                 "optimizer": optimizer.state_dict(),
                                  "schedule": schedule.state_dict() if schedule is not None else {},
                                  "rng": _rng_state(generator), "state": state}, out / "last.pt")
                 last_checkpoint = time.perf_counter()
             log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {row['train_loss']:.4f}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
                 + ("  *" if improved else ""))
+            if epoch_callback is not None:
+                epoch_callback(epoch, row)
             epochs_this_call += 1
             if stop_after is not None and epochs_this_call >= stop_after:
                 return {}
@@ -370,16 +407,21 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
                 log(f"early stop: no better {monitor} for {state['stale']} epochs")
                 break
 
+    replicas = distributed.check_replicas(network) if distributed else None
+    if not main:
+        return distributed.broadcast(None)  # rank 0's summary, once it has written the run folder
+    network.to("cpu")
     network.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     served = ServedModel(network, task)
     test = test_metrics(task, torch_predictor(served), prepared, config.eval, config.seed)
     val = evaluate_split(network, prepared, "val", loss)
-    summary = finish_run(config, prepared, out, started, state, test, {f"val_{k}": v for k, v in val.items()})
+    summary = finish_run(config, prepared, out, started, state, test, {f"val_{k}": v for k, v in val.items()},
+                         distributed=replicas)
     from training.plots import plot_run
 
     plot_run(out, prepared, served, config)
     log(format_result(summary))
-    return summary
+    return distributed.broadcast(summary) if distributed else summary
 
 
 def write_resolved_config(config: RunConfig, prepared: Prepared, hyper: dict, out: Path) -> None:
@@ -399,7 +441,7 @@ def read_history(out: Path, last_epoch: int) -> list[dict]:
 
 
 def finish_run(config: RunConfig, prepared: Prepared, out: Path, started: float, state: dict,
-               test: dict, val: dict) -> dict:
+               test: dict, val: dict, distributed: dict | None = None) -> dict:
     from training.baselines import best_baseline
 
     spec = TASK_SPECS[prepared.task]
@@ -420,6 +462,8 @@ def finish_run(config: RunConfig, prepared: Prepared, out: Path, started: float,
         "train_seconds": round(time.perf_counter() - started, 3),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if distributed:  # world size, backend, and the replica check (training/distributed.py)
+        summary["distributed"] = distributed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
