@@ -14,7 +14,7 @@ help:
 	@echo "make test    install the dev environment and run the test suite"
 	@echo "make test-container   build and run the images with podman (installs podman; several minutes)"
 	@echo "make test-monitoring  promtool and a real Prometheus against the service (installs prometheus)"
-	@echo "make test-reliability wrk load, hot reload, kill -9, SIGTERM and a 100,000-request soak (about 10 minutes)"
+	@echo "make test-reliability wrk load, hot reload, kill -9, SIGTERM and a 100,000-request soak (about 6 minutes)"
 	@echo "make audit   pip-audit over requirements/*.lock (needs pypi.org's JSON API or api.osv.dev)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
 
