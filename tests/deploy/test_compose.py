@@ -18,6 +18,7 @@ def test_compose_wires_nnserve_prometheus_and_grafana_to_files_that_exist():
     nnserve = services["nnserve"]  # the image's user (10001) on a read-only root, /tmp its only writable place
     assert nnserve["read_only"] is True and nnserve["tmpfs"] == ["/tmp"]
     assert "no-new-privileges:true" in nnserve["security_opt"]
+    assert nnserve["sysctls"] == {"net.ipv4.tcp_migrate_req": 1}
     for service in services.values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port  # published on loopback only
