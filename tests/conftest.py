@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -50,6 +51,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def send(port: int, method: str, path: str, data: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body) of one raw HTTP request to 127.0.0.1:port; the path goes out
+    as given (no quoting), for the hostile-input and security tests."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, path, body=data if method == "POST" else None, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The child processes of a server's master (its workers), from /proc."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return sorted(children)
 
 
 @dataclass

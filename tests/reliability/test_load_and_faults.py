@@ -21,7 +21,7 @@ import pytest
 
 from bench.run import tree, tree_memory
 from service import artifact
-from tests.conftest import ROOT, SHIPPED_MODELS, publish_copy, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, publish_copy, start_server, worker_pids
 from tests.service.test_server import sample_value
 
 pytestmark = pytest.mark.reliability
@@ -108,10 +108,6 @@ def report(name: str, figures: dict) -> None:
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\n{name}: {json.dumps(figures)}")
-
-
-def workers(server) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()]
 
 
 def tracebacks(server) -> list[str]:
@@ -226,9 +222,11 @@ def test_hot_reload_under_load(server, tmp_path):
                                      sample_request(json.loads((server.repo / "digits-mlp/1/metadata.json").read_text())))
         assert status == 200 and answer["model_version"] == str(good), answer
     # Each of the two workers refuses each bad version on its own rescan: the metric (summed) reaches 6.
-    failures = wait_for(lambda: (lambda n: n if n >= 6 else None)(
-        sample_value(server.metrics(), "nnserve_model_load_failures_total", model="digits-mlp")),
-        what="both workers to count the three refusals")
+    def refusals():
+        count = sample_value(server.metrics(), "nnserve_model_load_failures_total", model="digits-mlp")
+        return count if count >= 6 else None
+
+    failures = wait_for(refusals, what="both workers to count the three refusals")
     stats = load.result()
     served_new = sample_value(server.metrics(), "nnserve_inference_requests_total", model="digits-mlp",
                               version=str(good), outcome="success")
@@ -242,15 +240,19 @@ def test_kill_9_one_worker_under_load(server, tmp_path):
     """The server starts a new worker; only the requests on the killed worker's connections may fail."""
     load = Load(server, tmp_path / "wrk", ALL_MODELS, seconds=20)
     time.sleep(5)
-    before = workers(server)
+    before = worker_pids(server.process.pid)
     held_by = {pid: connections_of(pid, server.port) for pid in before}
     victim = max(before, key=lambda pid: held_by[pid]["established"])  # gthread may hold them all in one worker
     held = held_by.pop(victim)
     others = list(held_by.values())
     migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
     os.kill(victim, signal.SIGKILL)
-    replaced = wait_for(lambda: (lambda now: now if len(now) == 2 and victim not in now else None)(workers(server)),
-                        what="a new worker")
+
+    def replacement():
+        now = worker_pids(server.process.pid)
+        return now if len(now) == 2 and victim not in now else None
+
+    replaced = wait_for(replacement, what="a new worker")
     stats = load.result()
     after = Load(server, tmp_path / "wrk-after", ALL_MODELS, seconds=5).result()  # the new worker serves
     report(f"kill-9-{server.kind}", {**stats, "killed_worker_connections": held, "tcp_migrate_req": migrate,

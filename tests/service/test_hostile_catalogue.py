@@ -31,7 +31,6 @@ Protocol choices this file pins down:
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import os
 import site
@@ -46,7 +45,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SHIPPED_MODELS, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, send, start_server, worker_pids
 
 TOKEN = "catalogue-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -409,23 +408,6 @@ BASELINE: dict = {}
 ERROR_RESPONSES: dict[str, tuple[int, dict, bytes]] = {}  # case id -> (status, headers, body) of every 4xx
 
 
-def send(port: int, method: str, path: str, data: bytes = b"", headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=data if method == "POST" else None, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def workers(pid: int) -> set[int]:
-    children = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children |= {int(c) for c in (task / "children").read_text().split()}
-    return children
-
-
 def peak_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -440,7 +422,7 @@ def server(tmp_path_factory):
     status, _, data = send(srv.port, "POST", MLP, body())
     assert status == 200
     BASELINE["data"] = json.loads(data)["outputs"][0]["data"]
-    srv.workers = workers(srv.process.pid)
+    srv.workers = worker_pids(srv.process.pid)
     assert len(srv.workers) == 1
     yield srv
     srv.stop()
@@ -500,6 +482,6 @@ def test_no_error_response_shows_a_stack_trace_or_a_path(server, tmp_path_factor
 
 def test_the_server_logged_no_traceback_and_kept_its_worker(server):
     assert server.process.poll() is None
-    assert workers(server.process.pid) == server.workers, "a worker died and was respawned"
+    assert worker_pids(server.process.pid) == server.workers, "a worker died and was respawned"
     log = server.log.read_text(errors="replace")
     assert "Traceback" not in log and "Unexpected exit" not in log and "unhandled error" not in log, log[-3000:]

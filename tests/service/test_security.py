@@ -20,7 +20,6 @@ import ast
 import base64
 import gzip
 import hashlib
-import http.client
 import json
 import os
 import pickle
@@ -37,20 +36,10 @@ from service.errors import BadRequest, ModelNotFound
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
-from tests.conftest import ROOT, SHIPPED_MODELS, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, send, start_server
 
 TOKEN = "s3cret-Token_42"
 LIMIT = 100_000  # the module server's body limit, bytes
-
-
-def send(port: int, method: str, path: str, data: bytes = b"", headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=data if method == "POST" else None, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
