@@ -1,10 +1,19 @@
 """Training speed: the trainer (`training.trainer.fit`) against a minimal hand-written PyTorch loop.
 
-Same zoo configuration, same network (built by the trainer's own builder), same optimizer, data, batch size and
-epochs, in the same process. The trainer's time includes everything it does per epoch (validation, the
-checkpoint, metrics.jsonl); the hand loop only trains. Samples/s are counted over epochs 2..N (the first is a
-warm-up for both), from the trainer's own end-of-epoch log lines; each side runs --repeats times, alternated,
-and the median counts. Early stopping is turned off so both run N epochs.
+Same zoo configuration, same network (built by the trainer's own builder), same optimizer and hyperparameters,
+data, batch size, gradient clipping and epochs, in the same process. The hand loop makes its optimizer as code
+written by hand does, `torch.optim.Adam(params, lr=..., weight_decay=...)`: torch's default implementation. The
+trainer asks torch for its fused kernel (training.trainer.make_optimizer), which is part of what it offers. A third
+side, the hand loop with the fused kernel, separates that from the trainer's own per-epoch work (validation,
+the checkpoint, metrics.jsonl); the hand loops only train.
+
+The sides run in lockstep: after each of the trainer's epochs its epoch callback runs one epoch of each hand
+loop, so that the slow and fast spells of a shared machine hit every side alike. (Timed one after another, the
+same side's runs differed by up to 45 % on this 2-core machine, more than the differences measured.) A trainer
+epoch is timed from the end of the previous callback to its own end-of-epoch log line, so it includes its
+validation and any checkpoint. Samples/s are counted over epochs 2..N (the first is a warm-up for every side);
+the whole lockstep run is repeated --repeats times and the median counts. Early stopping is turned off so that
+all run N epochs.
 
     .venv-dev/bin/python -m bench.train_speed [--models digits-mlp digits-cnn] [--epochs 20] [--repeats 5]
 """
@@ -20,80 +29,116 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("hand", "hand_fused", "trainer")
 
 
-def trainer_stamps(config) -> list[float]:
-    """perf_counter() at the end of each of the trainer's epochs (its own log line)."""
-    from training.trainer import fit
-
-    stamps: list[float] = []
-
-    def log(line: str) -> None:
-        if line.startswith("epoch "):
-            stamps.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory(prefix="nnserve-train-speed-") as tmp:
-        fit(config, Path(tmp) / "run", log=log, quiet=True)
-    return stamps
-
-
-def hand_loop_stamps(config, epochs: int) -> tuple[list[float], int]:
-    """perf_counter() at the end of each epoch of a minimal loop, and the number of training samples."""
+def hand_optimizer(cfg, params, fused: bool):
+    """The optimizer as a hand-written loop makes it: torch's class with the config's hyperparameters."""
     import torch
 
-    from training.tasks import loss_fn, training_target
-    from training.trainer import build_network, make_optimizer, prepare
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+            "rmsprop": torch.optim.RMSprop}[cfg.name]
+    extra = {"momentum": cfg.momentum} if cfg.name in ("sgd", "rmsprop") else {}
+    if cfg.name == "sgd":
+        extra["nesterov"] = cfg.nesterov
+    if fused and cfg.name != "rmsprop":  # torch has no fused RMSprop
+        extra["fused"] = True
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
-    torch.manual_seed(config.seed)
-    prepared = prepare(config)
-    network, _ = build_network(config, prepared)
-    optimizer = make_optimizer(config.optimizer, network.parameters())
-    loss = loss_fn(prepared.task)
-    X = torch.from_numpy(prepared.X["train"])
-    y = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"])
-    batch = config.train.batch_size
-    stamps = []
-    for _ in range(epochs):
+
+class HandLoop:
+    """A minimal training loop over the trainer's network and data, one epoch per call."""
+
+    def __init__(self, config, fused: bool):
+        import torch
+
+        from training.tasks import loss_fn
+        from training.trainer import build_network, prepare
+
+        torch.manual_seed(config.seed)
+        prepared = prepare(config)
+        self.task, self.clip, self.batch = prepared.task, config.train.grad_clip, config.train.batch_size
+        self.network, _ = build_network(config, prepared)
+        self.optimizer = hand_optimizer(config.optimizer, self.network.parameters(), fused)
+        self.loss = loss_fn(prepared.task)
+        self.X = torch.from_numpy(prepared.X["train"])
+        self.y = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"])
+
+    def epoch(self) -> float:
+        """Train one epoch; return its duration in seconds."""
+        import torch
+
+        from training.tasks import training_target
+
+        started = time.perf_counter()
+        network, optimizer, X, y = self.network, self.optimizer, self.X, self.y
         network.train()
         order = torch.randperm(len(X))
-        for i in range(0, len(X), batch):
-            idx = order[i:i + batch]
+        for i in range(0, len(X), self.batch):
+            idx = order[i:i + self.batch]
             xb = X[idx]
             optimizer.zero_grad(set_to_none=True)
-            value = loss(network(xb), training_target(prepared.task, network, xb, None if y is None else y[idx]))
+            value = self.loss(network(xb), training_target(self.task, network, xb, None if y is None else y[idx]))
             value.backward()
-            if config.train.grad_clip > 0:  # the same work as the trainer where the config clips
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
+            if self.clip > 0:  # the same work as the trainer where the config clips
+                torch.nn.utils.clip_grad_norm_(network.parameters(), self.clip)
             optimizer.step()
-        stamps.append(time.perf_counter())
-    return stamps, len(X)
+        return time.perf_counter() - started
+
+
+def lockstep(config) -> dict[str, list[float]]:
+    """Epoch durations of every side over epochs 2..N, each hand epoch right after the trainer's epoch."""
+    from training.trainer import fit
+
+    hands = {"hand": HandLoop(config, fused=False), "hand_fused": HandLoop(config, fused=True)}
+    durations: dict[str, list[float]] = {side: [] for side in SIDES}
+    mark: list[float] = []  # when the last callback returned: the start of the trainer's next epoch
+
+    def log(line: str) -> None:
+        if line.startswith("epoch ") and mark:
+            durations["trainer"].append(time.perf_counter() - mark[-1])
+
+    def callback(epoch: int, _row: dict) -> None:
+        for name, hand in hands.items():
+            seconds = hand.epoch()
+            if epoch > 1:
+                durations[name].append(seconds)
+        mark.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory(prefix="nnserve-train-speed-") as tmp:
+        fit(config, Path(tmp) / "run", log=log, quiet=True, epoch_callback=callback)
+    return durations
 
 
 def measure(name: str, epochs: int, repeats: int) -> dict:
     from training.config import apply_overrides, load_config
+    from training.trainer import prepare
     from training.zoo import CONFIG_DIR
 
     config = apply_overrides(load_config(CONFIG_DIR / f"{name}.toml"),
                              [f"train.epochs={epochs}", "train.patience=0"])
+    samples = len(prepare(config).X["train"])
     counted = epochs - 1
-    hand_rates, trainer_rates = [], []
-    for _ in range(repeats):  # alternated, so that a slow spell of the machine hits both sides
-        hand, samples = hand_loop_stamps(config, epochs)
-        hand_rates.append(samples * counted / (hand[-1] - hand[0]))
-        trainer = trainer_stamps(config)
-        trainer_rates.append(samples * counted / (trainer[-1] - trainer[0]))
-    hand_rate, trainer_rate = statistics.median(hand_rates), statistics.median(trainer_rates)
-    return {"model": name, "epochs_counted": counted, "repeats": repeats, "train_samples": samples,
-            "batch_size": config.train.batch_size, "hand_samples_per_s": hand_rate,
-            "trainer_samples_per_s": trainer_rate, "ratio": trainer_rate / hand_rate,
-            "hand_runs": hand_rates, "trainer_runs": trainer_rates}
+    runs: dict[str, list[float]] = {side: [] for side in SIDES}
+    for _ in range(repeats):
+        durations = lockstep(config)
+        for side in SIDES:
+            assert len(durations[side]) == counted, (side, len(durations[side]))
+            runs[side].append(samples * counted / sum(durations[side]))
+    rate = {side: statistics.median(runs[side]) for side in SIDES}
+    return {"model": name, "optimizer": config.optimizer.name, "epochs_counted": counted, "repeats": repeats,
+            "train_samples": samples, "batch_size": config.train.batch_size,
+            "hand_samples_per_s": rate["hand"], "hand_fused_samples_per_s": rate["hand_fused"],
+            "trainer_samples_per_s": rate["trainer"], "ratio": rate["trainer"] / rate["hand"],
+            "ratio_to_hand_fused": rate["trainer"] / rate["hand_fused"],
+            **{f"{side}_runs": runs[side] for side in SIDES}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["digits-mlp", "digits-cnn", "co2-lstm"])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each side, alternated; the median counts")
+    parser.add_argument("--repeats", type=int, default=5, help="lockstep runs; the median counts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/train_speed.json")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -104,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         row = measure(name, args.epochs, args.repeats)
         rows.append(row)
-        print(f"{name:<20} hand {row['hand_samples_per_s']:10.0f} samples/s  trainer "
-              f"{row['trainer_samples_per_s']:10.0f} samples/s  ratio {row['ratio']:.3f}", flush=True)
+        print(f"{name:<20} samples/s: hand {row['hand_samples_per_s']:8.0f}  hand+fused "
+              f"{row['hand_fused_samples_per_s']:8.0f}  trainer {row['trainer_samples_per_s']:8.0f}  "
+              f"ratio {row['ratio']:.3f} (to hand+fused {row['ratio_to_hand_fused']:.3f})", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"torch_threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

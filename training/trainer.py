@@ -136,14 +136,22 @@ def build_network(config: RunConfig, prepared: Prepared) -> tuple[Network, dict]
 
 
 def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
+    """The configured optimizer, with torch's fused kernel where it has one (sgd, adam, adamw).
+
+    The fused kernel updates every parameter in one call instead of a Python loop of small ops per tensor, which
+    is torch's default on CPU; the update is the same algorithm. bench.train_speed measured what it buys."""
+    params = list(params)
+    fusable = params and all(isinstance(p, torch.Tensor) and p.is_floating_point()
+                             and p.device.type in ("cpu", "cuda") for p in params)
+    fused = {"fused": True} if fusable else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, **fused)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.name == "rmsprop":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    if cfg.name == "rmsprop":  # torch has no fused RMSprop
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}; valid optimizers are {list(OPTIMIZERS)}")
 

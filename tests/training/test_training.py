@@ -151,6 +151,27 @@ def test_optimizers(name):
     assert make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))]).defaults["lr"] == cfg.lr
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimizers_take_the_steps_of_torchs_default_implementation(name):
+    import torch
+
+    cfg = load_config("digits-mlp").optimizer
+    cfg.name, cfg.momentum, cfg.nesterov, cfg.weight_decay = name, 0.9, name == "sgd", 0.01
+    torch.manual_seed(0)
+    start, grads = torch.randn(40, 30), [torch.randn(40, 30) for _ in range(10)]
+    fused, plain = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    ours = make_optimizer(cfg, [fused])
+    assert ours.defaults["fused"] is True
+    defaults = {k: v for k, v in ours.defaults.items() if k not in ("fused", "decoupled_weight_decay")}
+    reference = type(ours)([plain], **defaults, fused=None)
+    for grad in grads:
+        for param, opt in ((fused, ours), (plain, reference)):
+            param.grad = grad.clone()
+            opt.step()
+    assert not torch.equal(fused.detach(), start)
+    torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["none", "step", "cosine", "plateau"])
 def test_schedules(name):
     import torch
