@@ -140,7 +140,7 @@ def _tune(args: argparse.Namespace) -> int:
     try:
         tune(config, Path(out), args.trials, storage=args.storage, jobs=args.jobs, metric=args.metric,
              pruner=args.pruner, startup_trials=args.startup_trials, warmup_epochs=args.warmup_epochs,
-             sampler_seed=args.sampler_seed, study_name=args.study, quiet=args.quiet)
+             sampler_seed=args.sampler_seed, study_name=args.study, quiet=args.quiet, folds=args.folds)
     except RuntimeError as exc:  # a worker process died
         print(f"python -m training tune: {exc}", file=sys.stderr)
         return 4
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); several processes or "
                       "machines share one study through the same URL")
     tune.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
+    tune.add_argument("--folds", type=int, default=1,
+                      help="score each trial by K-fold cross-validation over the training and validation rows (the "
+                           "mean of K fits) instead of the validation split alone (default 1: the split alone)")
     tune.add_argument("--study", help="study name (default: the config's name)")
     tune.add_argument("--metric", help="validation metric to optimize (default: the config's train.monitor)")
     tune.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",

@@ -176,6 +176,20 @@ def split_indices(n: int, y: np.ndarray | None, val: float, test: float, seed: i
                  "stratified" if stratify else "shuffled")
 
 
+def fold_split(split: Split, y: np.ndarray | None, fold: int, folds: int, stratify: bool) -> Split:
+    """Fold `fold` (0-based) of a `folds`-fold cross-validation over the training and validation rows of `split`:
+    that fold validates and the others train. The test rows stay out of it, so a search never reads them."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if not (folds >= 2 and 0 <= fold < folds):
+        raise ValueError(f"folds: expected at least 2 folds and 0 <= fold < folds, got fold {fold} of {folds}")
+    rest = np.sort(np.concatenate([split.train, split.val]))
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=split.seed)
+    train_pos, val_pos = list(splitter.split(rest, y[rest] if stratify else None))[fold]
+    return Split(rest[train_pos], rest[val_pos], split.test, split.seed,
+                 f"{split.method}, cross-validation fold {fold + 1} of {folds}")
+
+
 def split_by_time(n_windows: int, val: float, test: float, seed: int) -> Split:
     """Windows in time order: the first for training, then validation, the latest for test."""
     _check_fractions(val, test)

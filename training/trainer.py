@@ -32,8 +32,8 @@ from torch import nn
 
 from training import architectures
 from training.config import OptimizerConfig, RunConfig, ScheduleConfig
-from training.data import (Dataset, Split, arrange, load_dataset, split_by_time, split_indices, standardization,
-                           windows)
+from training.data import (Dataset, Split, arrange, fold_split, load_dataset, split_by_time, split_indices,
+                           standardization, windows)
 from training.distributed import Distributed
 from training.tasks import (TASK_SPECS, Network, ServedModel, compute_metrics, higher_is_better, loss_fn,
                             training_target)
@@ -83,8 +83,11 @@ def resolve_task(config: RunConfig, data: Dataset) -> str:
     return task
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load, arrange and split the data of a run (deterministic: the seed and the config decide)."""
+def prepare(config: RunConfig, fold: tuple[int, int] | None = None) -> Prepared:
+    """Load, arrange and split the data of a run (deterministic: the seed and the config decide).
+
+    `fold=(k, K)`: fold k of a K-fold cross-validation over the config's training and validation rows validates,
+    the other folds train (tune's --folds); the test split is the config's own."""
     data = load_dataset(config.dataset, {**config.data, **({"task": config.task} if config.task else {})})
     task = resolve_task(config, data)
     form = architectures.input_form(config.arch, config.model)
@@ -92,6 +95,9 @@ def prepare(config: RunConfig) -> Prepared:
         if form != "sequence":
             raise ValueError(f"dataset {data.name!r} is a series; use a sequence architecture (rnn, lstm, gru, "
                              f"transformer), not {config.arch!r}")
+        if fold is not None:
+            raise ValueError(f"folds: dataset {data.name!r} is a series, validated on the windows after the training "
+                             f"ones; shuffled k-fold cross-validation would train on its future")
         window, horizon = int(config.data.get("window", 24)), int(config.data.get("horizon", 1))
         inputs, targets = windows(data.X, window, horizon)
         split = split_by_time(len(inputs), config.split.val, config.split.test, config.seed)
@@ -103,6 +109,8 @@ def prepare(config: RunConfig) -> Prepared:
     features = arrange(data, form)
     split = split_indices(len(features), data.y, config.split.val, config.split.test, config.seed,
                           stratify=task in ("multiclass", "binary"))
+    if fold is not None:
+        split = fold_split(split, data.y, *fold, stratify=task in ("multiclass", "binary"))
     X = {p: features[getattr(split, p)] for p in PARTS}
     y = {p: data.y[getattr(split, p)] for p in PARTS}
     x_mean, x_std = standardization(X["train"], form)
@@ -269,7 +277,7 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet: bool = True,
         resume: bool = False, stop_after: int | None = None, distributed: Distributed | None = None,
-        epoch_callback: Callable[[int, dict], None] | None = None) -> dict:
+        epoch_callback: Callable[[int, dict], None] | None = None, fold: tuple[int, int] | None = None) -> dict:
     """Train `config` into the run folder `out`; return the summary (also written to summary.json).
 
     `stop_after` ends the run after that many epochs without finishing it (as if killed), for tests.
@@ -277,6 +285,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
     metrics.jsonl row; an exception it raises ends the run and propagates (tune uses it to prune trials).
     `distributed` (a torchrun launch, from training.distributed.from_environment) trains data-parallel:
     `train.batch_size` stays the global batch, each of the world_size processes takes an equal share of it.
+    `fold=(k, K)` trains and validates on fold k of a K-fold cross-validation (see prepare).
     """
     if config.arch == "gan":
         if distributed is not None:
@@ -296,7 +305,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
         log, quiet = (lambda _msg: None), True
     device = distributed.device if distributed else torch.device("cpu")
     torch.manual_seed(config.seed)
-    prepared = prepare(config)
+    prepared = prepare(config, fold)
     task = prepared.task
     network, hyper = build_network(config, prepared)
     network.to(device)

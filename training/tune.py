@@ -1,7 +1,8 @@
 """`python -m training tune CONFIG`: Optuna search over the config's `search` table, then a fit of the best config.
 
-Trials train on the training split and are scored on the validation split; the test split is read once, by the
-final fits of the best config and of the config as written. TPE samples, a pruner stops trials whose validation
+Trials train on the training split and are scored on the validation split, or with `--folds K` by K-fold
+cross-validation over the training and validation rows (the mean of the K folds' values: a small validation split
+is a noisy judge); the test split is read once, by the final fits of the best config and of the config as written. TPE samples, a pruner stops trials whose validation
 metric lags at the same epoch, and any number of processes or machines share one study through its storage URL.
 `--trials N` is the size of the whole study: running the command again with a larger N continues it.
 
@@ -68,6 +69,7 @@ class TuneSettings:
     sampler_seed: int = 0  # worker i samples with sampler_seed + i
     threads: int | None = None  # torch threads per worker (None: torch's default)
     quiet: bool = False
+    folds: int = 1  # 1: score on the config's validation split; K >= 2: K-fold cross-validation
 
     @property
     def maximize(self) -> bool:
@@ -233,10 +235,12 @@ def base_params(config: RunConfig) -> dict[str, Any] | None:
 class EpochReporter:
     """fit's epoch callback for one trial: report the metric, prune, and end the trial where fit would stop.
 
-    The trial's value is the metric at the epoch whose checkpoint fit keeps (the best `train.monitor`)."""
+    The trial's value is the metric at the epoch whose checkpoint fit keeps (the best `train.monitor`).
+    Under cross-validation fold k reports at steps k * epochs + epoch, so the pruner compares a fold's epoch with
+    the same fold's epoch of other trials."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, config: RunConfig):
-        self.trial, self.metric, self.train = trial, metric, config.train
+    def __init__(self, trial: optuna.Trial, metric: str, config: RunConfig, step_offset: int = 0):
+        self.trial, self.metric, self.train, self.step_offset = trial, metric, config.train, step_offset
         self.maximize_monitor = higher_is_better(config.train.monitor)
         self.best_monitor = -math.inf if self.maximize_monitor else math.inf
         self.stale = 0
@@ -254,7 +258,7 @@ class EpochReporter:
             self.best_monitor, self.stale, self.value = monitor, 0, value
         else:
             self.stale += 1
-        self.trial.report(value, epoch)
+        self.trial.report(value, self.step_offset + epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         if epoch >= self.train.epochs or (self.train.patience and self.stale >= self.train.patience):
@@ -284,12 +288,17 @@ def load_study(settings: TuneSettings, storage, index: int = 0) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=settings.study, load_if_exists=True,
                                 direction="maximize" if settings.maximize else "minimize",
                                 sampler=make_sampler(settings, index), pruner=make_pruner(settings))
-    metric = study.user_attrs.get("metric")
+    metric, folds = study.user_attrs.get("metric"), study.user_attrs.get("folds")
     if metric is None:
         study.set_user_attr("metric", settings.metric)
     elif metric != settings.metric:
         raise ValueError(f"--metric: study {settings.study!r} in {settings.storage} optimizes {metric!r}, not "
                          f"{settings.metric!r}; pass --metric {metric} or another --study")
+    if folds is None:
+        study.set_user_attr("folds", settings.folds)
+    elif folds != settings.folds:  # values scored on other data do not compare
+        raise ValueError(f"--folds: study {settings.study!r} in {settings.storage} scores trials with "
+                         f"{folds} fold(s), not {settings.folds}; pass --folds {folds} or another --study")
     return study
 
 
@@ -300,7 +309,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
 
     started = time.perf_counter()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    reporter = None
+    values: list[float] = []  # one per fold
     run_dir = settings.out / "trials" / str(trial.number)
     state, note = TrialState.COMPLETE, ""
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(settings.study),
@@ -308,18 +317,28 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
     with heartbeat(storage, trial_id):
         try:
             config = apply_values(settings.config, suggest(trial, settings.config.search))
-            reporter = EpochReporter(trial, settings.metric, config)  # the trial's own epochs, patience, monitor
-            fit(config, run_dir, log=lambda _m: None, quiet=True, epoch_callback=reporter)
-        except TrialDone:
-            pass
+            for k in range(settings.folds):
+                # the trial's own epochs, patience and monitor
+                reporter = EpochReporter(trial, settings.metric, config, step_offset=k * config.train.epochs)
+                folder = run_dir if settings.folds == 1 else run_dir / f"fold-{k}"
+                try:
+                    fit(config, folder, log=lambda _m: None, quiet=True, epoch_callback=reporter,
+                        fold=None if settings.folds == 1 else (k, settings.folds))
+                except TrialDone:
+                    pass
+                if reporter.value is None:
+                    break
+                values.append(reporter.value)
+            if settings.folds > 1 and len(values) == settings.folds:
+                trial.set_user_attr("fold_values", values)
         except optuna.TrialPruned as exc:
             state, note = TrialState.PRUNED, str(exc)
         except Exception as exc:  # a bad point of the space (or a bug) fails this trial, not the study
             state, note = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("error", note)
-    for checkpoint in run_dir.glob("*.pt"):  # the final fit retrains the best config; these are not used
+    for checkpoint in run_dir.glob("**/*.pt"):  # the final fit retrains the best config; these are not used
         checkpoint.unlink()
-    value = reporter.value if reporter is not None else None
+    value = sum(values) / len(values) if len(values) == settings.folds else None
     if state is TrialState.COMPLETE and value is None:
         state, note = TrialState.FAIL, "no epoch was run"
     study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
@@ -482,7 +501,9 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
              f"({', '.join(f'{n} {s}' for s, n in counts.items())}) from {len(workers)} worker process(es). "
              f"TPE sampling (seed {settings.sampler_seed}), {settings.pruner} pruner "
              f"(startup trials {settings.startup_trials}, warm-up epochs {settings.warmup_epochs}). "
-             f"Objective: {metric} on the validation split ({'maximize' if settings.maximize else 'minimize'}); "
+             f"Objective: {metric} " + ("on the validation split " if settings.folds == 1 else
+                                        f"averaged over {settings.folds}-fold cross-validation of the training and "
+                                        f"validation rows ") + f"({'maximize' if settings.maximize else 'minimize'}); "
              f"trial 0 is the config as written when its values lie in the search space.", "",
              f"## Best trial: {best['number']}, {metric} {best['value']:.4f}", "",
              "| parameter | best | config as written |", "|---|---|---|"]
@@ -491,8 +512,10 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
         lines.append(f"| `{path}` | {_fmt(value)} | {_fmt(base_values.get(path))} |")
     headline = summary["headline_metric"]
     lines += ["", "## Test split", "",
-              "Each config fitted once more from scratch (`best/`, `base/`) with a trial's number of torch threads, "
-              "so that each repeats its trial exactly; only these fits read the test split.",
+              "Each config fitted once more from scratch (`best/`, `base/`) on the config's own split with a trial's "
+              "number of torch threads" + (", so that each repeats its trial exactly" if settings.folds == 1 else
+                                           " (its validation value is that split's, not the cross-validation mean)")
+              + "; only these fits read the test split.",
               "", f"| config | test {headline} | {metric} |", "|---|---:|---:|"]
     for label, key in (("best trial", "best_fit"), ("config as written", "base_fit")):
         fit = summary[key]
@@ -501,7 +524,8 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
     for name in ("optimization_history", "intermediate_values", "param_importances"):
         lines.append(f"- {name.replace('_', ' ')}: " + (f"not drawn: {skipped[name]}" if name in skipped
                                                           else f"![{name}](plots/{name}.png)"))
-    lines += ["", "## Trials", "", f"| # | state | {metric} | epochs | seconds | worker | params |",
+    epochs = "epochs" if settings.folds == 1 else "epochs (all folds)"
+    lines += ["", "## Trials", "", f"| # | state | {metric} | {epochs} | seconds | worker | params |",
               "|---:|---|---:|---:|---:|---|---|"]
     for t in trials:
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else "-"
@@ -515,7 +539,7 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
 def tune(config: RunConfig, out: Path, trials: int, storage: str | None = None, jobs: int = 1,
          metric: str | None = None, pruner: str = "median", startup_trials: int = 5, warmup_epochs: int | None = None,
          sampler_seed: int | None = None, study_name: str | None = None, quiet: bool = False,
-         log: Callable[[str], None] = print) -> dict:
+         log: Callable[[str], None] = print, folds: int = 1) -> dict:
     """Search `config.search` with `jobs` worker processes until the study holds `trials` trials; write the best
     config, the report and the plots into `out`, fit the best config and the config as written; return summary.json.
     """
@@ -528,6 +552,12 @@ def tune(config: RunConfig, out: Path, trials: int, storage: str | None = None, 
         raise ValueError("tune does not search the GAN (arch 'gan'): its loop reports no validation metric per epoch")
     if trials < 1 or jobs < 1:
         raise ValueError(f"--trials and --jobs: expected at least 1, got {trials} and {jobs}")
+    if folds < 1:
+        raise ValueError(f"--folds: expected 1 (the config's validation split) or at least 2, got {folds}")
+    if folds > 1:
+        from training.trainer import prepare
+
+        prepare(config, (0, folds))  # refuse a series, or more folds than rows, before any process starts
     if storage in ("sqlite://", "sqlite:///:memory:"):
         raise ValueError("--storage: an in-memory database is not shared between worker processes; name a file, "
                          "e.g. sqlite:///runs/study.db")
@@ -538,7 +568,7 @@ def tune(config: RunConfig, out: Path, trials: int, storage: str | None = None, 
         trials=trials, metric=metric or config.train.monitor, pruner=pruner, startup_trials=startup_trials,
         warmup_epochs=config.train.epochs // 10 if warmup_epochs is None else warmup_epochs,
         sampler_seed=config.seed if sampler_seed is None else sampler_seed,
-        threads=max(1, cpus // jobs) if jobs > 1 else None, quiet=quiet)
+        threads=max(1, cpus // jobs) if jobs > 1 else None, quiet=quiet, folds=folds)
     make_pruner(settings)  # refuse an unknown pruner before any process starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
@@ -553,7 +583,8 @@ def tune(config: RunConfig, out: Path, trials: int, storage: str | None = None, 
                 else:
                     log("the config as written lies outside its search space: it is not queued as trial 0")
     log(f"tuning {settings.study}: {trials} trials in {settings.storage}, {jobs} worker process(es), "
-        f"objective {settings.metric} ({'maximize' if settings.maximize else 'minimize'})")
+        f"objective {settings.metric} ({'maximize' if settings.maximize else 'minimize'})"
+        + (f", the mean of {folds}-fold cross-validation" if folds > 1 else ""))
     if jobs == 1:
         run_worker(settings, 0, log)
     else:  # processes, not threads: torch on CPU holds the GIL too often for threads to train in parallel
@@ -592,6 +623,7 @@ def tune(config: RunConfig, out: Path, trials: int, storage: str | None = None, 
     headline = best_summary["headline_metric"]
     summary = {
         "name": config.name, "study": settings.study, "storage": settings.storage, "metric": settings.metric,
+        "folds": settings.folds,
         "direction": "maximize" if settings.maximize else "minimize", "trials": len(study.trials),
         "states": {s.name.lower(): sum(t.state is s for t in study.trials) for s in TrialState},
         "workers": sorted({t.user_attrs.get("worker", "?") for t in study.trials}),

@@ -170,3 +170,67 @@ def test_tune_needs_a_search_table(tmp_path, capsys):
 
     assert main(["tune", "diabetes-mlp", "--trials", "2", "--out", str(tmp_path / "r"), "--set", "search={}"]) == 2
     assert "has no [search] table" in capsys.readouterr().err
+
+
+def test_a_study_refuses_another_number_of_folds(tmp_path):
+    config = RunConfig.from_dict(tomllib.loads(TINY_TOML))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    load_study(TuneSettings(config=config, out=tmp_path, storage=url, study="s", trials=1, metric="val_loss",
+                            folds=3), open_storage(url))
+    with pytest.raises(ValueError, match="with 3 fold\\(s\\), not 1"):
+        load_study(TuneSettings(config=config, out=tmp_path, storage=url, study="s", trials=1, metric="val_loss"),
+                   open_storage(url))
+
+
+@pytest.mark.parametrize("name", ["diabetes-mlp", "digits-mlp"])
+def test_folds_partition_the_training_and_validation_rows_and_keep_the_test_rows(name):
+    from training.trainer import prepare
+
+    config = load_config(name)
+    whole = prepare(config)
+    rest = set(whole.split.train) | set(whole.split.val)
+    folds = [prepare(config, (k, 4)) for k in range(4)]
+    for fold in folds:
+        assert list(fold.split.test) == list(whole.split.test)
+        assert set(fold.split.train) | set(fold.split.val) == rest
+        assert not set(fold.split.train) & set(fold.split.val)
+        assert "fold" in fold.split.method
+    validated = [set(fold.split.val) for fold in folds]
+    assert set().union(*validated) == rest and sum(map(len, validated)) == len(rest)  # each row validated once
+    if whole.task == "multiclass":  # stratified: every fold validates on every class
+        assert all(len(set(fold.y["val"])) == len(whole.labels) for fold in folds)
+    assert not (folds[0].x_mean == folds[1].x_mean).all()  # standardized on each fold's own training rows
+
+
+def test_folds_refuse_a_series_and_too_few_folds(tmp_path):
+    from training.trainer import prepare
+
+    with pytest.raises(ValueError, match="is a series"):
+        prepare(load_config("co2-lstm"), (0, 3))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        prepare(load_config("diabetes-mlp"), (0, 1))
+
+
+def test_tune_with_folds_scores_each_trial_by_the_mean_of_its_folds(tmp_path):
+    """Every complete trial's value is the mean of its folds' values, each the metric at the epoch fit keeps."""
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "training", "tune", str(tmp_path / "tiny.toml"), "--trials", "3",
+                           "--folds", "3", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    study = _study(out)
+    assert study.user_attrs["folds"] == 3
+    complete = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for trial in complete:
+        kept = []
+        for k in range(3):
+            rows = [json.loads(line) for line in (out / "trials" / str(trial.number) / f"fold-{k}" / "metrics.jsonl")
+                    .read_text().splitlines()]
+            kept.append(min(rows, key=lambda r: r["val_loss"])["val_loss"])  # monitor = val_loss: the kept epoch
+        assert trial.user_attrs["fold_values"] == pytest.approx(kept)
+        assert trial.value == pytest.approx(sum(kept) / 3)
+        assert sorted(trial.intermediate_values) == list(range(1, 10))  # fold k's epoch e at step 3k + e
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == 3 and "3-fold cross-validation" in (out / "report.md").read_text()
