@@ -2,14 +2,15 @@
 
 Trials train on the training split and are scored on the validation split, or with `--folds K` by K-fold
 cross-validation over the training and validation rows (the mean of the K folds' values: a small validation split
-is a noisy judge); the test split is read once, by the final fits of the best config and of the config as written. TPE samples, a pruner stops trials whose validation
-metric lags at the same epoch, and any number of processes or machines share one study through its storage URL.
+is a noisy judge); the test split is read once, by the final fits of the best config and of the config as
+written. TPE samples, a pruner stops trials whose validation metric lags at the same epoch, and any number of
+processes or machines share one study through its storage URL.
 `--trials N` is the size of the whole study: running the command again with a larger N continues it.
 
 A run folder holds:
   study.db              the study (SQLite), unless --storage names another database
   trials/<number>/      each trial's config.json and metrics.jsonl (it ends after its last epoch: no test
-                        metrics, baseline, plots; its checkpoints are deleted)
+                        metrics, baseline, plots; its checkpoints are deleted); with --folds, one fold-<k>/ each
   best/, base/          the final fits of the best config and of the config as written
   best_config.toml      the best trial's full config, without the search table: for `fit`, or as
                         training/configs/NAME.toml for `retrain`
