@@ -164,6 +164,16 @@ def make_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.name!r}; valid optimizers are {list(OPTIMIZERS)}")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's kernel choice (`fused`, `foreach`).
+
+    load_state_dict takes every setting of the saved param groups: a checkpoint from before the fused kernel
+    would switch it off. The choice is set before loading, so that the state (Adam's step) is cast for it."""
+    groups = [{**saved, **{key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}}
+              for saved in state["param_groups"]]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def make_schedule(cfg: ScheduleConfig, optimizer, epochs: int, maximize: bool):
     if cfg.name == "none":
         return None
@@ -328,7 +338,7 @@ def fit(config: RunConfig, out: Path, log: Callable[[str], None] = print, quiet:
         checkpoint = distributed.broadcast(checkpoint)
     if checkpoint is not None:
         network.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
         if schedule is not None:
             schedule.load_state_dict(checkpoint["schedule"])
         torch.set_rng_state(checkpoint["rng"]["torch"])

@@ -237,11 +237,12 @@ class EpochReporter:
     """fit's epoch callback for one trial: report the metric, prune, and end the trial where fit would stop.
 
     The trial's value is the metric at the epoch whose checkpoint fit keeps (the best `train.monitor`).
-    Under cross-validation fold k reports at steps k * epochs + epoch, so the pruner compares a fold's epoch with
-    the same fold's epoch of other trials."""
+    `report=False` (cross-validation folds after the first) neither reports nor prunes: Optuna's pruners compare
+    the best value a trial has reported at any step with the others' values at the current step, so values of
+    another fold would be compared with this fold's. Under --folds the pruner judges fold 0's epochs only."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, config: RunConfig, step_offset: int = 0):
-        self.trial, self.metric, self.train, self.step_offset = trial, metric, config.train, step_offset
+    def __init__(self, trial: optuna.Trial, metric: str, config: RunConfig, report: bool = True):
+        self.trial, self.metric, self.train, self.report = trial, metric, config.train, report
         self.maximize_monitor = higher_is_better(config.train.monitor)
         self.best_monitor = -math.inf if self.maximize_monitor else math.inf
         self.stale = 0
@@ -259,8 +260,9 @@ class EpochReporter:
             self.best_monitor, self.stale, self.value = monitor, 0, value
         else:
             self.stale += 1
-        self.trial.report(value, self.step_offset + epoch)
-        if self.trial.should_prune():
+        if self.report:
+            self.trial.report(value, epoch)
+        if self.report and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
         if epoch >= self.train.epochs or (self.train.patience and self.stale >= self.train.patience):
             raise TrialDone()
@@ -295,6 +297,8 @@ def load_study(settings: TuneSettings, storage, index: int = 0) -> optuna.Study:
     elif metric != settings.metric:
         raise ValueError(f"--metric: study {settings.study!r} in {settings.storage} optimizes {metric!r}, not "
                          f"{settings.metric!r}; pass --metric {metric} or another --study")
+    if folds is None and study.get_trials(deepcopy=False):  # a study from before --folds scored on the split
+        folds = 1
     if folds is None:
         study.set_user_attr("folds", settings.folds)
     elif folds != settings.folds:  # values scored on other data do not compare
@@ -319,8 +323,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
         try:
             config = apply_values(settings.config, suggest(trial, settings.config.search))
             for k in range(settings.folds):
-                # the trial's own epochs, patience and monitor
-                reporter = EpochReporter(trial, settings.metric, config, step_offset=k * config.train.epochs)
+                # the trial's own epochs, patience and monitor; the pruner judges the first fold
+                reporter = EpochReporter(trial, settings.metric, config, report=k == 0)
                 folder = run_dir if settings.folds == 1 else run_dir / f"fold-{k}"
                 try:
                     fit(config, folder, log=lambda _m: None, quiet=True, epoch_callback=reporter,

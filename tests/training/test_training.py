@@ -172,6 +172,24 @@ def test_fused_optimizers_take_the_steps_of_torchs_default_implementation(name):
     torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_checkpoint_from_an_unfused_optimizer_resumes_fused():
+    import torch
+
+    from training.trainer import load_optimizer_state
+
+    cfg = load_config("digits-mlp").optimizer  # adam
+    param = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.Adam([param], lr=cfg.lr)  # as the trainer made it before the fused kernel
+    param.grad = torch.ones(3)
+    old.step()
+    new = make_optimizer(cfg, [param])
+    load_optimizer_state(new, old.state_dict())
+    assert new.param_groups[0]["fused"] is True and new.param_groups[0]["lr"] == cfg.lr
+    assert new.state[param]["exp_avg"].equal(old.state[param]["exp_avg"])
+    new.step()  # the loaded state suits the fused kernel
+    assert int(new.state[param]["step"]) == 2
+
+
 @pytest.mark.parametrize("name", ["none", "step", "cosine", "plateau"])
 def test_schedules(name):
     import torch

@@ -197,8 +197,11 @@ def test_folds_partition_the_training_and_validation_rows_and_keep_the_test_rows
         assert "fold" in fold.split.method
     validated = [set(fold.split.val) for fold in folds]
     assert set().union(*validated) == rest and sum(map(len, validated)) == len(rest)  # each row validated once
-    if whole.task == "multiclass":  # stratified: every fold validates on every class
-        assert all(len(set(fold.y["val"])) == len(whole.labels) for fold in folds)
+    if whole.task == "multiclass":  # stratified: each fold validates on a quarter of each class, give or take one
+        rest_y = whole.data.y[sorted(rest)]
+        for fold in folds:
+            for label in range(len(whole.labels)):
+                assert abs((fold.y["val"] == label).sum() - (rest_y == label).sum() / 4) <= 1
     assert not (folds[0].x_mean == folds[1].x_mean).all()  # standardized on each fold's own training rows
 
 
@@ -231,6 +234,36 @@ def test_tune_with_folds_scores_each_trial_by_the_mean_of_its_folds(tmp_path):
             kept.append(min(rows, key=lambda r: r["val_loss"])["val_loss"])  # monitor = val_loss: the kept epoch
         assert trial.user_attrs["fold_values"] == pytest.approx(kept)
         assert trial.value == pytest.approx(sum(kept) / 3)
-        assert sorted(trial.intermediate_values) == list(range(1, 10))  # fold k's epoch e at step 3k + e
+        assert sorted(trial.intermediate_values) == [1, 2, 3]  # fold 0's epochs: the pruner judges the first fold
     summary = json.loads((out / "summary.json").read_text())
     assert summary["folds"] == 3 and "3-fold cross-validation" in (out / "report.md").read_text()
+
+
+def test_a_study_from_before_folds_counts_as_one_fold(tmp_path):
+    config = RunConfig.from_dict(tomllib.loads(TINY_TOML))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    study.set_user_attr("metric", "val_loss")
+    study.enqueue_trial({"optimizer.lr": 0.01})
+    with pytest.raises(ValueError, match="with 1 fold\\(s\\), not 3"):
+        load_study(TuneSettings(config=config, out=tmp_path, storage=url, study="s", trials=1, metric="val_loss",
+                                folds=3), open_storage(url))
+
+
+def test_under_folds_the_pruner_judges_the_first_fold_and_a_pruned_trial_runs_no_other(tmp_path):
+    """A pruner that stops every trial whose value exceeds 0 stops it at fold 0's first epoch."""
+    from training.tune import _quiet_optuna, run_trial
+
+    config = RunConfig.from_dict(tomllib.loads(TINY_TOML))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    settings = TuneSettings(config=config, out=tmp_path, storage=url, study="s", trials=1, metric="val_loss",
+                            folds=3, quiet=True)
+    with _quiet_optuna():  # as run_worker does: a heartbeat storage outside Study.optimize warns
+        storage = open_storage(url)
+        study = optuna.create_study(storage=storage, study_name="s", pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+        trial = study.ask()
+        run_trial(study, trial, settings, storage, log=print)
+    done = study.trials[0]
+    assert done.state is optuna.trial.TrialState.PRUNED
+    assert list(done.intermediate_values) == [1] and "fold_values" not in done.user_attrs
+    assert (tmp_path / "trials/0/fold-0/metrics.jsonl").exists() and not (tmp_path / "trials/0/fold-1").exists()
