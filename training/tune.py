@@ -246,9 +246,11 @@ class EpochReporter:
         self.maximize_monitor = higher_is_better(config.train.monitor)
         self.best_monitor = -math.inf if self.maximize_monitor else math.inf
         self.stale = 0
+        self.epochs = 0  # epochs this fit has run
         self.value: float | None = None
 
     def __call__(self, epoch: int, row: dict) -> None:
+        self.epochs += 1
         if self.metric not in row:
             raise ValueError(f"--metric: {self.metric!r} is not measured for this task; choose one of "
                              f"{sorted(k for k in row if k.startswith('val_'))}")
@@ -315,6 +317,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
     started = time.perf_counter()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     values: list[float] = []  # one per fold
+    reporters: list[EpochReporter] = []
     run_dir = settings.out / "trials" / str(trial.number)
     state, note = TrialState.COMPLETE, ""
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(settings.study),
@@ -325,6 +328,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
             for k in range(settings.folds):
                 # the trial's own epochs, patience and monitor; the pruner judges the first fold
                 reporter = EpochReporter(trial, settings.metric, config, report=k == 0)
+                reporters.append(reporter)
                 folder = run_dir if settings.folds == 1 else run_dir / f"fold-{k}"
                 try:
                     fit(config, folder, log=lambda _m: None, quiet=True, epoch_callback=reporter,
@@ -341,6 +345,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, 
         except Exception as exc:  # a bad point of the space (or a bug) fails this trial, not the study
             state, note = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("error", note)
+    trial.set_user_attr("epochs", sum(r.epochs for r in reporters))  # every fold's
     for checkpoint in run_dir.glob("**/*.pt"):  # the final fit retrains the best config; these are not used
         checkpoint.unlink()
     value = sum(values) / len(values) if len(values) == settings.folds else None
@@ -526,6 +531,8 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
         fit = summary[key]
         lines.append(f"| {label} | {fit[f'test_{headline}']:.4f} | {fit[metric]:.4f} |")
     lines += ["", "## Plots", ""]
+    if settings.folds > 1:
+        lines += ["The intermediate values are the first fold's epochs, the ones the pruner judged.", ""]
     for name in ("optimization_history", "intermediate_values", "param_importances"):
         lines.append(f"- {name.replace('_', ' ')}: " + (f"not drawn: {skipped[name]}" if name in skipped
                                                           else f"![{name}](plots/{name}.png)"))
@@ -536,7 +543,8 @@ def write_report(out: Path, settings: TuneSettings, study: optuna.Study, summary
         seconds = f"{t.duration.total_seconds():.1f}" if t.duration else "-"
         value = f"{t.value:.4f}" if t.value is not None else "-"
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {len(t.intermediate_values)} | {seconds} | "
+        ran = t.user_attrs.get("epochs", len(t.intermediate_values))
+        lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {ran} | {seconds} | "
                      f"{t.user_attrs.get('worker', '-')} | {params} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 

@@ -235,8 +235,11 @@ def test_tune_with_folds_scores_each_trial_by_the_mean_of_its_folds(tmp_path):
         assert trial.user_attrs["fold_values"] == pytest.approx(kept)
         assert trial.value == pytest.approx(sum(kept) / 3)
         assert sorted(trial.intermediate_values) == [1, 2, 3]  # fold 0's epochs: the pruner judges the first fold
+        assert trial.user_attrs["epochs"] == 9  # the report's epoch count is every fold's
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["folds"] == 3 and "3-fold cross-validation" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert summary["folds"] == 3 and "3-fold cross-validation" in report and "| epochs (all folds) |" in report
+    assert re.search(r"^\| 0 \| complete \| [0-9.]+ \| 9 \|", report, re.MULTILINE)
 
 
 def test_a_study_from_before_folds_counts_as_one_fold(tmp_path):
