@@ -60,6 +60,10 @@ class SplitConfig:
     test: float = 0.2
 
 
+# The typed tables of a config: their keys are checked when a config is read.
+SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "split": SplitConfig}
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; saved resolved in the run folder so that export can rebuild the model."""
@@ -97,13 +101,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         data = copy.deepcopy(data)
-        sections = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig,
-                    "split": SplitConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; valid keys are {sorted(known)}")
-        for key, section_cls in sections.items():
+        for key, section_cls in SECTIONS.items():
             if key in data:
                 if not isinstance(data[key], dict):
                     raise ValueError(f"{key}: expected a table, got {data[key]!r}")
@@ -119,13 +121,12 @@ class RunConfig:
 
 def _check_search_path(path: str) -> None:
     """The dotted path names a config value, or a free-form table (`model`) whose choices are tables."""
-    sections = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "split": SplitConfig}
     root, *rest = path.split(".")
     roots = sorted({f.name for f in dataclasses.fields(RunConfig)} - {"name", "search"})
     if root not in roots or any(not part for part in rest):
         raise ValueError(f"search.{path}: not a config path; it starts with one of {roots}, e.g. optimizer.lr")
-    if root in sections:
-        valid = sorted(f.name for f in dataclasses.fields(sections[root]))
+    if root in SECTIONS:
+        valid = sorted(f.name for f in dataclasses.fields(SECTIONS[root]))
         if len(rest) != 1 or rest[0] not in valid:
             raise ValueError(f"search.{path}: {root} has no such key; valid: {[f'{root}.{v}' for v in valid]}")
     elif root not in FREE_SECTIONS and rest:

@@ -107,10 +107,10 @@ def prepare(config: RunConfig, fold: tuple[int, int] | None = None) -> Prepared:
         std = np.float32(max(float(np.diff(train_values).std()), 1e-6))  # scale of steps, not of levels
         return Prepared(data, task, form, split, X, y, np.float32(0.0), std, window=window, horizon=horizon)
     features = arrange(data, form)
-    split = split_indices(len(features), data.y, config.split.val, config.split.test, config.seed,
-                          stratify=task in ("multiclass", "binary"))
+    stratify = task in ("multiclass", "binary")
+    split = split_indices(len(features), data.y, config.split.val, config.split.test, config.seed, stratify=stratify)
     if fold is not None:
-        split = fold_split(split, data.y, *fold, stratify=task in ("multiclass", "binary"))
+        split = fold_split(split, data.y, *fold, stratify=stratify)
     X = {p: features[getattr(split, p)] for p in PARTS}
     y = {p: data.y[getattr(split, p)] for p in PARTS}
     x_mean, x_std = standardization(X["train"], form)
