@@ -167,6 +167,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def unreadable(filename: str, exc: OSError) -> str:
+    """`<filename>: cannot be read (<reason>)`: the reason without the absolute path, which clients must not see."""
+    return f"{filename}: cannot be read ({exc.strerror or type(exc).__name__})"
+
+
 def read_metadata(version_dir: Path) -> dict:
     """Read and validate `<version_dir>/metadata.json`, checking it agrees with its folder."""
     path = Path(version_dir) / METADATA_FILENAME
@@ -175,8 +180,7 @@ def read_metadata(version_dir: Path) -> dict:
     except FileNotFoundError:
         raise MetadataError([f"{METADATA_FILENAME}: file is missing"], str(path)) from None
     except OSError as exc:  # a folder where the file should be, no permission: the reason, not the path
-        raise MetadataError([f"{METADATA_FILENAME}: cannot be read ({exc.strerror or type(exc).__name__})"],
-                            str(path)) from None
+        raise MetadataError([unreadable(METADATA_FILENAME, exc)], str(path)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetadataError([f"{METADATA_FILENAME}: not valid JSON ({exc})"], str(path)) from None
     problems = validate_metadata(meta)

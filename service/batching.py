@@ -79,11 +79,11 @@ def parse_config(path: Path, max_batch_size: int) -> BatchingConfig | None:
         return int(found.group(1)) if found else 0
 
     listed = re.search(r"\bpreferred_batch_size\s*:\s*\[([^\]]*)\]", body)  # [ 8, 16 ] or one per line
-    preferred = re.findall(r"\d+", listed.group(1)) if listed else []
-    preferred += re.findall(r"\bpreferred_batch_size\s*:\s*(\d+)", body)
+    preferred = [int(p) for p in re.findall(r"\d+", listed.group(1))] if listed else []
+    preferred += [int(p) for p in re.findall(r"\bpreferred_batch_size\s*:\s*(\d+)", body)]
     policy = _block(body, "default_queue_policy") or ""
     return BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=number("max_queue_delay_microseconds", body),
-                          preferred_batch_sizes=tuple(sorted({int(p) for p in preferred if 0 < int(p) <= max_batch_size})),
+                          preferred_batch_sizes=tuple(sorted({p for p in preferred if 0 < p <= max_batch_size})),
                           max_queue_size=number("max_queue_size", policy))
 
 

@@ -17,7 +17,7 @@ import uuid
 import orjson
 
 from service.dataplane import DataPlane
-from service.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.errors import BadRequest, PayloadTooLarge, ServiceError
 from service.protocol import HEADER_LENGTH, compress, decompress, dumps
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,6 @@ def discard_unread_body(environ) -> None:
             left -= len(chunk)
     except (OSError, ValueError):
         pass
-
-
-def content_encoding_of(given: str | None) -> str:
-    """The request's Content-Encoding, lower case without surrounding OWS; 'identity' when there is none.
-
-    An empty value is refused (415) like an unknown one: granian hands the app an empty string for a value with
-    bytes outside visible ASCII, which is no content coding either, and must not pass for 'identity'.
-    """
-    if given is None:
-        return "identity"
-    encoding = given.strip(" \t").lower()
-    if not encoding:
-        raise UnsupportedMediaType("Content-Encoding is empty or not ASCII; send gzip, deflate or identity")
-    return encoding
 
 
 def request_id_of(given: str | None) -> str:
@@ -137,9 +123,7 @@ class FastPath:
                 if len(body) != length:
                     raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
                                      f"{len(body)} bytes")
-            encoding = environ.get("HTTP_CONTENT_ENCODING")
-            if encoding is not None:
-                body = decompress(body, content_encoding_of(encoding), self.max_body)
+            body = decompress(body, environ.get("HTTP_CONTENT_ENCODING"), self.max_body)
             payload, binary_header, model = self.plane.infer(name, version, body, header_length)
             model_name, model_version = model.name, model.version_str
             accept = environ.get("HTTP_ACCEPT_ENCODING")

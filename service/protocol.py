@@ -109,12 +109,8 @@ def _check_parameters(where: str, params: Any, problems: list[str]) -> dict:
     return params
 
 
-def _array_from_json(where: str, data: Any, datatype: str, count: int,
-                     maybe_bools: bool = True) -> tuple[np.ndarray | None, str | None]:
-    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem).
-
-    `maybe_bools`: whether the request's JSON text has a `true` or `false` anywhere (else the scan for booleans
-    among numbers is skipped)."""
+def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[np.ndarray | None, str | None]:
+    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem)."""
     if not isinstance(data, list):
         return None, f"{where}.data: expected a list of numbers, got {type(data).__name__}"
     try:
@@ -131,7 +127,7 @@ def _array_from_json(where: str, data: Any, datatype: str, count: int,
         found = {"U": "strings", "O": "non-numbers or numbers out of range", "b": "booleans",
                  "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(raw.dtype.kind, str(raw.dtype))
         return None, f"{where}.data: expected {datatype} values, got {found}"
-    if maybe_bools and raw.dtype.kind in "iuf" and raw.size and contains_bool(data, raw.ndim):
+    if raw.dtype.kind in "iuf" and raw.size and contains_bool(data, raw.ndim):
         # JSON true/false are BOOL data (V2 datatype BOOL); numpy would have read them as 1 and 0.
         return None, (f"{where}.data: expected {datatype} values, got booleans (true/false) among the numbers; "
                       "booleans are data of datatype BOOL")
@@ -173,7 +169,6 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(req, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
-    maybe_bools = b"true" in header or b"false" in header  # cheap: most requests need no scan for booleans
 
     problems: list[str] = []
     data_problems: list[str] = []
@@ -239,7 +234,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
             else:
                 array, problem = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")), None
         else:
-            array, problem = _array_from_json(where, tensor["data"], datatype, count, maybe_bools)
+            array, problem = _array_from_json(where, tensor["data"], datatype, count)
         if problem:
             data_problems.append(problem)
         inputs.append(RequestInput(name, datatype, shape, None if array is None else array.reshape(shape)))
@@ -277,9 +272,18 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
     return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
 
 
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo Content-Encoding gzip or deflate (a zlib stream), refusing output over `limit` bytes (a zip bomb)."""
-    if encoding in ("", "identity"):
+def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo the request's Content-Encoding header (None: absent), gzip or deflate (a zlib stream), refusing output
+    over `limit` bytes (a zip bomb).
+
+    An empty value is refused (415) like an unknown one: granian hands the app an empty string for a value with
+    bytes outside visible ASCII, which is no content coding either, and must not pass for 'identity'."""
+    if content_encoding is None:
+        return body
+    encoding = content_encoding.strip(" \t").lower()
+    if not encoding:
+        raise UnsupportedMediaType("Content-Encoding is empty or not ASCII; send gzip, deflate or identity")
+    if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
         raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported; "

@@ -127,7 +127,7 @@ class ModelRegistry:
                 try:
                     config = parse_config(self.settings.models / name / "config.pbtxt", self.settings.batch_limit(name))
                 except OSError as exc:  # str(exc) would name the absolute path: reasons are shown to clients
-                    raise LoadError(f"config.pbtxt: cannot be read ({exc.strerror or type(exc).__name__})") from None
+                    raise LoadError(artifact.unreadable("config.pbtxt", exc)) from None
                 except ValueError as exc:
                     raise LoadError(f"config.pbtxt: {exc}") from None
                 if config is not None:

@@ -11,8 +11,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, Forbidden, Unauthorized
-from service.fastpath import content_encoding_of
-from service.protocol import HEADER_LENGTH, brief, compress, decompress
+from service.protocol import HEADER_LENGTH, PARAMETER_TYPES, brief, compress, decompress
 
 bp = Blueprint("v2", __name__)
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
@@ -63,8 +62,8 @@ def model_ready(name: str, version: str | None = None):
 
 def _request_body() -> bytes:
     """The body, decompressed per Content-Encoding within the body-size limit (a zip bomb gets 413)."""
-    encoding = content_encoding_of(request.headers.get("Content-Encoding"))
-    return decompress(request.get_data(cache=False), encoding, _plane().settings.max_body_bytes)
+    return decompress(request.get_data(cache=False), request.headers.get("Content-Encoding"),
+                      _plane().settings.max_body_bytes)
 
 
 def _note_model(model) -> None:
@@ -103,7 +102,7 @@ def predict(name: str):
 
 def _authorize() -> None:
     """The repository calls change what is served: they need the operator's bearer token."""
-    token = _plane().settings.repository_token.strip()  # a secret file's trailing newline is not part of it
+    token = _plane().settings.repository_token
     if not token:
         raise Forbidden("the model repository extension is disabled: the operator has not set "
                         "NNSERVE_REPOSITORY_TOKEN")
@@ -132,7 +131,7 @@ def _repository_parameters(body: dict) -> dict:
     if not isinstance(params, dict):
         raise BadRequest(f"parameters: expected an object, got {type(params).__name__}")
     for key, value in params.items():
-        if not isinstance(value, (str, int, float, bool)):
+        if not isinstance(value, PARAMETER_TYPES):
             raise BadRequest(f"parameters.{key[:64]}: expected a string, number or boolean, "
                              f"got {type(value).__name__}")
     return params

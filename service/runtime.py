@@ -193,7 +193,7 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1) -> Loa
     try:
         data = (version_dir / artifact.MODEL_FILENAME).read_bytes()
     except OSError as exc:
-        raise LoadError(f"{artifact.MODEL_FILENAME}: cannot be read ({exc.strerror})") from None
+        raise LoadError(artifact.unreadable(artifact.MODEL_FILENAME, exc)) from None
     problems = artifact.verify_model_bytes(metadata, data)
     if problems:
         raise LoadError("; ".join(problems))

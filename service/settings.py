@@ -77,6 +77,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.models = Path(self.models)
+        self.repository_token = self.repository_token.strip()  # a secret file's trailing newline is not part of it
         if self.server not in SERVERS:
             raise ValueError(f"server: expected one of {list(SERVERS)}, got {self.server!r}")
         if self.device not in DEVICES:
