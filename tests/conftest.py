@@ -176,6 +176,27 @@ def publish_copy(repo: Path, model: str = "digits-mlp", source_version: int = 1,
     return artifact.publish_version(repo, model, build)[0]
 
 
+def truncate_model(files):
+    files["model.onnx"] = files["model.onnx"][:len(files["model.onnx"]) // 2]
+
+
+def break_metadata(files):
+    files["metadata.json"] = files["metadata.json"][:40]
+
+
+def rename_input(files):
+    from service import artifact
+
+    meta = json.loads(files["metadata.json"])
+    meta["inputs"][0]["name"] = "pixels"
+    files["metadata.json"] = artifact.dumps(meta).encode()
+
+
+# publish_copy(damage=...) corruptions, each with what the refusal's reason says
+CORRUPTIONS = [(truncate_model, "expected"), (break_metadata, "not valid JSON"),
+               (rename_input, "the graph has ['input']")]
+
+
 @pytest.fixture
 def copy_repo(tmp_path):
     """Copy a repository (default: the shipped one) into tmp_path and return the copy."""

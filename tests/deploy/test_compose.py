@@ -14,8 +14,8 @@ def test_compose_wires_nnserve_prometheus_and_grafana_to_files_that_exist():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"nnserve", "prometheus", "grafana"}
-    assert services["nnserve"]["build"] == {"context": ".", "target": "runtime"}
     nnserve = services["nnserve"]  # the image's user (10001) on a read-only root, /tmp its only writable place
+    assert nnserve["build"] == {"context": ".", "target": "runtime"}
     assert nnserve["read_only"] is True and nnserve["tmpfs"] == ["/tmp"]
     assert "no-new-privileges:true" in nnserve["security_opt"]
     assert nnserve["sysctls"] == {"net.ipv4.tcp_migrate_req": 1}

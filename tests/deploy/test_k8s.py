@@ -41,11 +41,11 @@ import yaml
 
 from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS
+from tests.deploy.manifests import SCHEMA_VERSIONS, USER, validate_as_pod
 
 K8S = ROOT / "deploy" / "k8s"
 HEALTH_LIVE = "/v2/health/live"
 HEALTH_READY = "/v2/health/ready"
-USER = 10001  # the Dockerfile's `useradd --uid 10001` and `USER 10001:10001`
 
 # Every manifest in deploy/k8s/: file -> (apiVersion, kind, metadata.name). A new file must be added here, so
 # none escapes these checks.
@@ -62,9 +62,6 @@ EXPECTED = {
 }
 KSERVE_FILES = {"kserve-servingruntime.yaml", "kserve-inferenceservice.yaml"}
 CORE_FILES = sorted(set(EXPECTED) - KSERVE_FILES)
-# The oldest and the newest Kubernetes whose schemas kubernetes-validate ships (autoscaling/v2 and policy/v1
-# PDBs are GA in both).
-SCHEMA_VERSIONS = ["1.28", kubernetes_validate.latest_version()]
 
 # Field names of the KServe kinds, from the attribute_map of the kserve 0.21.0 SDK's generated models
 # (kserve/models/v1alpha1_serving_runtime_spec.py, v1alpha1_supported_model_format.py,
@@ -167,9 +164,7 @@ def test_the_schema_check_rejects_a_broken_deployment(breakage):
 def test_the_serving_runtime_container_matches_the_core_container_schema(version):
     spec = one("kserve-servingruntime.yaml")["spec"]
     # ServingRuntime.spec.containers and .volumes are core Container and Volume objects: check them in a Pod.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stand-in"},
-           "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])}}
-    kubernetes_validate.validate(pod, version, strict=True)
+    validate_as_pod({"containers": spec["containers"], "volumes": spec.get("volumes", [])}, version)
 
 
 def test_the_kserve_fields_are_known_to_kserve():

@@ -22,12 +22,11 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.deploy.manifests import SCHEMA_VERSIONS, USER, validate_as_pod
 from training.__main__ import build_parser
 from training.config import apply_overrides, load_config
 
 MANIFEST = ROOT / "deploy" / "kubeflow" / "pytorchjob.yaml"
-USER = 10001  # the Dockerfile's user `nnserve`
-SCHEMA_VERSIONS = ["1.28", kubernetes_validate.latest_version()]
 # Field names of kubeflow.org/v1 (training operator v1.7+: PyTorchJobSpec, RunPolicy, ReplicaSpec).
 PYTORCHJOB_SPEC = {"runPolicy", "elasticPolicy", "pytorchReplicaSpecs", "nprocPerNode"}
 RUN_POLICY = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",
@@ -86,10 +85,7 @@ def test_the_pvc_and_pod_templates_match_the_kubernetes_schema(version):
     kubernetes_validate.validate(documents()["PersistentVolumeClaim"], version, strict=True)
     for name, replica in replicas().items():
         template = replica["template"]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"stand-in-{name.lower()}",
-                                                                 **template.get("metadata", {})},
-               "spec": template["spec"]}
-        kubernetes_validate.validate(pod, version, strict=True)
+        validate_as_pod(template["spec"], version, f"stand-in-{name.lower()}", template.get("metadata"))
 
 
 def test_torchrun_matches_the_replicas_and_takes_the_operators_rendezvous():
@@ -108,11 +104,10 @@ def test_torchrun_matches_the_replicas_and_takes_the_operators_rendezvous():
 
 
 def test_the_fit_arguments_parse_and_the_global_batch_divides_among_the_processes():
-    _, args = torchrun_flags(container(replicas()["Master"])["args"])
+    flags, args = torchrun_flags(container(replicas()["Master"])["args"])
     parsed = build_parser().parse_args(args)
     assert parsed.command == "fit" and parsed.resume and parsed.out, "restarted pods must continue the run"
     config = apply_overrides(load_config(parsed.config), parsed.set)
-    flags, _ = torchrun_flags(container(replicas()["Master"])["args"])
     world = int(flags["nnodes"]) * int(flags["nproc_per_node"])
     assert config.train.batch_size % world == 0
 
@@ -127,7 +122,7 @@ def test_rank_0s_pod_writes_the_run_folder_to_the_pvc():
     _, args = torchrun_flags(container(replicas()["Master"])["args"])
     assert str(build_parser().parse_args(args).out).startswith("/app/runs/")
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "mkdir -p /app/runs && chown 10001:10001 /app/runs" in dockerfile  # the image's run folder root
+    assert f"mkdir -p /app/runs && chown {USER}:{USER} /app/runs" in dockerfile  # the image's run folder root
     assert master["securityContext"]["fsGroup"] == USER
 
 

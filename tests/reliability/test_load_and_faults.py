@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import tree, tree_memory
-from service import artifact
-from tests.conftest import ROOT, SHIPPED_MODELS, publish_copy, start_server, worker_pids
+from bench.run import tree_memory
+from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server, worker_pids
 from tests.service.test_server import sample_value
 
 pytestmark = pytest.mark.reliability
@@ -139,10 +137,8 @@ def connections_of(pid: int, port: int) -> dict:
 
 
 @pytest.fixture
-def repo(tmp_path):
-    dst = tmp_path / "models"
-    shutil.copytree(SHIPPED_MODELS, dst, ignore=shutil.ignore_patterns(".publish.lock", ".tmp-*"))
-    return dst
+def repo(copy_repo):
+    return copy_repo()
 
 
 def serve(kind: str, repo: Path, log_dir: Path, *args: str):
@@ -175,20 +171,6 @@ def test_64_connections_for_60_seconds_across_all_models(server, tmp_path):
     assert tracebacks(server) == []
 
 
-def truncate_model(files):
-    files[artifact.MODEL_FILENAME] = files[artifact.MODEL_FILENAME][:len(files[artifact.MODEL_FILENAME]) // 2]
-
-
-def break_metadata(files):
-    files[artifact.METADATA_FILENAME] = files[artifact.METADATA_FILENAME][:40]
-
-
-def rename_input(files):
-    meta = json.loads(files[artifact.METADATA_FILENAME])
-    meta["inputs"][0]["name"] = "pixels"
-    files[artifact.METADATA_FILENAME] = artifact.dumps(meta).encode()
-
-
 def index(server) -> list[dict]:
     return json.loads(server.request("POST", "/v2/repository/index", b"", AUTH)[2])
 
@@ -211,15 +193,14 @@ def test_hot_reload_under_load(server, tmp_path):
     wait_for(lambda: server.json("GET", "/v2/models/digits-mlp")[1].get("versions") == ["1", str(good)],
              what="the watcher to serve the new version")
     refused = {}
-    for damage, reason in [(truncate_model, "expected"), (break_metadata, "not valid JSON"),
-                           (rename_input, "the graph has ['input']")]:
+    request = sample_request(json.loads((server.repo / "digits-mlp/1/metadata.json").read_text()))
+    for damage, reason in CORRUPTIONS:
         version = publish_copy(server.repo, "digits-mlp", damage=damage)
         entry = wait_for(lambda: next((e for e in index(server) if e.get("version") == str(version)
                                        and e["state"] == "UNAVAILABLE"), None), what=f"version {version} refused")
         assert reason in entry["reason"], entry
         refused[damage.__name__] = entry["reason"]
-        status, answer = server.json("POST", "/v2/models/digits-mlp/infer",
-                                     sample_request(json.loads((server.repo / "digits-mlp/1/metadata.json").read_text())))
+        status, answer = server.json("POST", "/v2/models/digits-mlp/infer", request)
         assert status == 200 and answer["model_version"] == str(good), answer
     # Each of the two workers refuses each bad version on its own rescan: the metric (summed) reaches 6.
     def refusals():
@@ -337,4 +318,4 @@ def test_soak_100000_requests_rss_growth_under_5_percent(server, tmp_path):
                                    "rss_growth": growth, "processes": after["processes"]})
     assert totals["errors"] == 0, totals
     assert growth < 0.05, (before, after)
-    assert len(tree(server.process.pid)) == 3  # no worker was replaced along the way
+    assert after["processes"] == 3  # no worker was replaced along the way

@@ -20,13 +20,13 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from service import __version__
 from service.app import create_app
 from service.fastpath import FastPath
 from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS, start_server
+from tests.service.test_server import sample_value
 
 DOCUMENT_PATH = ROOT / "service" / "openapi.json"
 V2_SPEC_PATH = ROOT.parent / "shared" / "reference" / "open_inference_rest.yaml"
@@ -107,7 +107,7 @@ def test_the_examples_are_valid_for_their_schemas(document):
             schema_validator(document, parameter["schema"]).validate(parameter["example"])
 
 
-def test_every_route_of_the_app_is_described_and_nothing_else(tmp_path):
+def test_every_route_of_the_app_is_described_and_nothing_else(tmp_path, document):
     app = create_app(Settings(models=tmp_path, background_load=False, poll_seconds=0))
     routes = set()
     for rule in app.url_map.iter_rules():
@@ -115,7 +115,7 @@ def test_every_route_of_the_app_is_described_and_nothing_else(tmp_path):
             continue
         path = re.sub(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>", r"{\1}", rule.rule)
         routes |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}
-    described = operations(json.loads(DOCUMENT_PATH.read_text()))
+    described = operations(document)
     assert routes - described == set(), "routes the description lacks"
     assert described - routes == set(), "operations the app does not have"
 
@@ -213,9 +213,7 @@ def fuzz_server(tmp_path_factory):
 
 def http_requests_answered(server) -> int:
     """Requests the server has answered, by its own counter (the fast path and Flask both count)."""
-    text = server.request("GET", "/metrics")[2].decode()
-    return int(sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == "nnserve_http_requests_total"))
+    return int(sample_value(server.metrics(), "nnserve_http_requests_total"))
 
 
 def test_the_server_serves_the_document(fuzz_server):

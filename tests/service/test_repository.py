@@ -12,8 +12,7 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from service import artifact
-from tests.conftest import ROOT, SHIPPED_MODELS, publish_copy, start_server
+from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server
 from tests.service.test_server import sample_value
 
 TOKEN = "s3cret-token"
@@ -21,11 +20,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def repo(tmp_path, exported_repo):
+def repo(copy_repo, exported_repo):
     """A private copy of the exported digits-mlp repository (versions 1 and 2)."""
-    dst = tmp_path / "models"
-    shutil.copytree(exported_repo, dst, ignore=shutil.ignore_patterns(".publish.lock", ".tmp-*"))
-    return dst
+    return copy_repo(exported_repo)
 
 
 @pytest.fixture
@@ -94,22 +91,9 @@ def test_load_of_a_new_version_under_load_fails_no_request(server, repo):
     assert client.get_model_metadata("digits-mlp")["versions"] == ["3"]  # latest:1 dropped version 2
 
 
-@pytest.mark.parametrize("damage", ["truncated model.onnx", "invalid metadata", "wrong input names"])
-def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(server, repo, damage):
-    version = publish_copy(repo, source_version=2)
-    version_dir = repo / "digits-mlp" / str(version)
-    if damage == "truncated model.onnx":
-        data = (version_dir / "model.onnx").read_bytes()
-        (version_dir / "model.onnx").write_bytes(data[:len(data) // 2])
-        reason = "expected"
-    elif damage == "invalid metadata":
-        (version_dir / "metadata.json").write_text('{"schema_version": 1, "name": "digits-mlp"')
-        reason = "not valid JSON"
-    else:
-        meta = json.loads((version_dir / "metadata.json").read_text())
-        meta["inputs"][0]["name"] = "pixels"
-        (version_dir / "metadata.json").write_text(artifact.dumps(meta))
-        reason = "the graph has ['input']"
+@pytest.mark.parametrize("damage, reason", CORRUPTIONS, ids=[damage.__name__ for damage, _ in CORRUPTIONS])
+def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(server, repo, damage, reason):
+    version = publish_copy(repo, source_version=2, damage=damage)
     before = sample_value(server.metrics(), "nnserve_model_load_failures_total", model="digits-mlp")
     loop = ClientLoop(server)
     loop.start()

@@ -25,6 +25,7 @@ import os
 import pickle
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from service.settings import Settings
 from tests.conftest import ROOT, SHIPPED_MODELS, send, start_server
 
 TOKEN = "s3cret-Token_42"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 100_000  # the module server's body limit, bytes
 
 
@@ -115,10 +117,9 @@ def test_the_token_is_accepted_with_http_whitespace_and_any_scheme_case(server, 
 
 
 def test_unload_and_load_with_the_token(server):
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    assert send(server.port, "POST", "/v2/repository/models/digits-cnn/unload", b"{}", auth)[0] == 200
+    assert send(server.port, "POST", "/v2/repository/models/digits-cnn/unload", b"{}", AUTH)[0] == 200
     assert send(server.port, "GET", "/v2/models/digits-cnn/ready")[0] == 503
-    assert send(server.port, "POST", "/v2/repository/models/digits-cnn/load", b"{}", auth)[0] == 200
+    assert send(server.port, "POST", "/v2/repository/models/digits-cnn/load", b"{}", AUTH)[0] == 200
     assert send(server.port, "GET", "/v2/models/digits-cnn/ready")[0] == 200
 
 
@@ -137,7 +138,7 @@ def test_a_configured_token_with_a_trailing_newline_is_usable():
     """A token read from a secret file often ends in a newline, which no HTTP header can carry."""
     client = create_app(Settings(models=SHIPPED_MODELS, background_load=False,
                                  repository_token=TOKEN + "\n")).test_client()
-    assert client.post("/v2/repository/index", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.post("/v2/repository/index", headers=AUTH).status_code == 200
     assert client.post("/v2/repository/index", headers={"Authorization": "Bearer wrong"}).status_code == 401
 
 
@@ -350,18 +351,17 @@ def test_bad_names_and_versions_touch_nothing_outside_the_repository(layout):
 @pytest.mark.parametrize("segment", ["..%2Foutside%2Fbreast-cancer-mlp", "%2e%2e%2foutside%2fbreast-cancer-mlp",
                                      "..%5Coutside%5Cbreast-cancer-mlp", "..", "%2e%2e"])
 def test_no_path_reaches_a_model_beside_the_repository(server, layout, segment):
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0.0] * 30}]})
     for method, path, data, headers in [
             ("POST", f"/v2/models/{segment}/infer", body.encode(), {}),
             ("POST", f"/v2/models/{segment}/versions/1/infer", body.encode(), {}),
             ("GET", f"/v2/models/{segment}", b"", {}), ("GET", f"/v2/models/{segment}/ready", b"", {}),
             ("POST", f"/v1/models/{segment}:predict", b'{"instances": [[0]]}', {}),
-            ("POST", f"/v2/repository/models/{segment}/load", b"{}", auth),
-            ("POST", f"/v2/repository/models/{segment}/unload", b"{}", auth)]:
+            ("POST", f"/v2/repository/models/{segment}/load", b"{}", AUTH),
+            ("POST", f"/v2/repository/models/{segment}/unload", b"{}", AUTH)]:
         status, headers_got, answer = send(server.port, method, path, data, headers)
         assert status == 404 and headers_got["content-type"] == "application/json", (path, answer)
-    status, _, answer = send(server.port, "POST", "/v2/repository/index", b"", auth)
+    status, _, answer = send(server.port, "POST", "/v2/repository/index", b"", AUTH)
     assert {e["name"] for e in json.loads(answer)} == {"digits-cnn", "digits-mlp"}
     assert "breast-cancer-mlp" not in server.log.read_text()
 
@@ -393,8 +393,8 @@ def test_the_element_limit_follows_the_models_batch_limit(server):
 
 @pytest.mark.parametrize("path, headers", [
     ("/v2/models/digits-mlp/infer", {}), ("/v1/models/digits-mlp:predict", {}),
-    ("/v2/repository/index", {"Authorization": f"Bearer {TOKEN}"}),
-    ("/v2/repository/models/digits-mlp/load", {"Authorization": f"Bearer {TOKEN}"})])
+    ("/v2/repository/index", AUTH),
+    ("/v2/repository/models/digits-mlp/load", AUTH)])
 def test_the_body_limit_holds_on_every_post_route(server, path, headers):
     status, got, answer = send(server.port, "POST", path, b" " * (LIMIT + 1), headers)
     assert status == 413 and got["content-type"] == "application/json"
@@ -404,7 +404,6 @@ def test_the_body_limit_holds_on_every_post_route(server, path, headers):
 @pytest.mark.parametrize("path", ["/v2/models/digits-mlp/infer", "/v1/models/digits-mlp:predict"])
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_the_decompressed_size_limit_holds(server, path, encoding):
-    import zlib
 
     inflated = b" " * (LIMIT + 1)
     packed = gzip.compress(inflated) if encoding == "gzip" else zlib.compress(inflated)
@@ -436,11 +435,10 @@ def test_load_errors_name_the_problem_but_no_path(tmp_path):
     (repo / "digits-cnn" / "config.pbtxt").unlink()
     (repo / "digits-cnn" / "config.pbtxt").mkdir()  # read for dynamic batching: unreadable
     client = create_app(Settings(models=repo, background_load=False, repository_token=TOKEN)).test_client()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     answers = {
-        "index": client.post("/v2/repository/index", headers=auth),
-        "load digits-mlp": client.post("/v2/repository/models/digits-mlp/load", headers=auth),
-        "load digits-cnn": client.post("/v2/repository/models/digits-cnn/load", headers=auth),
+        "index": client.post("/v2/repository/index", headers=AUTH),
+        "load digits-mlp": client.post("/v2/repository/models/digits-mlp/load", headers=AUTH),
+        "load digits-cnn": client.post("/v2/repository/models/digits-cnn/load", headers=AUTH),
         "metadata digits-cnn": client.get("/v2/models/digits-cnn"),
         "ready digits-cnn": client.get("/v2/models/digits-cnn/ready"),
         "infer digits-cnn": client.post("/v2/models/digits-cnn/infer", data=_images(1)),
