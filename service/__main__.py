@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, help="largest request body accepted (default 16 MiB)")
     parser.add_argument("--max-batch-size", help="largest batch in one request: N, optionally followed by "
                         "per-model overrides such as 256,digits-cnn=64 (default 256)")
+    parser.add_argument("--default-max-batch-size", type=int, help="max_batch_size that auto-complete gives a model "
+                        "that can batch when its config.pbtxt gives none (default 4, Triton's)")
+    parser.add_argument("--max-model-bytes", type=int, help="largest size a model's stored tensors may declare; "
+                        "larger models are refused before loading (default 4 GiB)")
     parser.add_argument("--poll-seconds", type=float, help="hot reload: rescan the repository this often for new "
                         "versions (default 5; 0 = only on load calls)")
     parser.add_argument("--access-log", action="store_true", default=None,
@@ -76,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         if "CUDAExecutionProvider" not in providers:
             raise SystemExit(f"python -m service: device 'cuda' was asked for, but this ONNX Runtime offers only "
                              f"{providers}; install onnxruntime-gpu with its CUDA libraries, or use --device auto or cpu")
-    if not settings.state_dir:  # shared by the workers for load/unload calls
+    if not settings.state_dir:  # shared by the workers for load/unload calls and statistics
         settings.state_dir = tempfile.mkdtemp(prefix="nnserve-state-")
         remove_at_exit(settings.state_dir)
+    else:  # the statistics extension counts from this start, as Triton's do
+        shutil.rmtree(Path(settings.state_dir) / "stats", ignore_errors=True)
     run(settings)
 
 

@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; models load in the background (or before returning, if background_load is off)."""
     settings = settings or Settings.from_env()
     require_device(settings.device)
-    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"), settings.state_dir or None)
     registry = ModelRegistry(settings, metrics, Control(settings.state_dir) if settings.state_dir else None)
 
     app = Flask(__name__)

@@ -1,9 +1,10 @@
-"""The artifact contract shared by training (writer) and service (reader).
+"""nnserve's artifact contract, shared by training (writer) and service (reader): an optional layer over Triton's.
 
-A model repository is a folder `<repo>/<name>/<version>/` holding `model.onnx` (one self-contained file)
-and `metadata.json`. The same metadata, less the `files` section (which hashes model.onnx and so cannot
-live inside it), is embedded in the ONNX file's metadata_props under `METADATA_PROP`. Standard library only,
-so training can import it without loading the web stack.
+A model repository is Triton's: `<repo>/<name>/<version>/model.onnx`, with an optional `<repo>/<name>/config.pbtxt`
+(service.modelconfig). nnserve's own artifacts add `metadata.json` beside model.onnx (labels, task, provenance and
+the hash of every file), and the same metadata, less the `files` section (which hashes model.onnx and so cannot
+live inside it), embedded in the ONNX file's metadata_props under `METADATA_PROP`. Standard library only, so
+training can import it without loading the web stack.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ TASKS = ("multiclass", "binary", "regression", "forecasting", "anomaly", "genera
 DATATYPES = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
 }
 REQUIRED_FIELDS = ("schema_version", "name", "version", "architecture", "task", "inputs", "outputs",
                    "preprocessing", "training", "export")
@@ -173,7 +174,8 @@ def unreadable(filename: str, exc: OSError) -> str:
 
 
 def read_metadata(version_dir: Path) -> dict:
-    """Read and validate `<version_dir>/metadata.json`, checking it agrees with its folder."""
+    """Read and validate `<version_dir>/metadata.json`. Its name and version are provenance: the folders name
+    the model and the version, as in Triton, so a version folder copied by hand is still read."""
     path = Path(version_dir) / METADATA_FILENAME
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -184,14 +186,8 @@ def read_metadata(version_dir: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetadataError([f"{METADATA_FILENAME}: not valid JSON ({exc})"], str(path)) from None
     problems = validate_metadata(meta)
-    version_dir = Path(version_dir)
-    if not problems:
-        if meta["name"] != version_dir.parent.name:
-            problems.append(f"name: {meta['name']!r} does not match its folder {version_dir.parent.name!r}")
-        if str(meta["version"]) != version_dir.name:
-            problems.append(f"version: {meta['version']!r} does not match its folder {version_dir.name!r}")
-        if "files" not in meta:
-            problems.append("files: required in metadata.json (hash of model.onnx)")
+    if not problems and "files" not in meta:
+        problems.append("files: required in metadata.json (hash of model.onnx)")
     if problems:
         raise MetadataError(problems, str(path))
     return meta

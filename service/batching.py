@@ -22,7 +22,6 @@ is one lock release aimed at one thread (no broadcast).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import deque
@@ -51,40 +50,26 @@ class BatchingConfig:
                 "preferred_batch_size": list(self.preferred_batch_sizes), "max_queue_size": self.max_queue_size}
 
 
-def _block(text: str, name: str) -> str | None:
-    """The body of `name { ... }` in protobuf text (braces balanced), or None."""
-    match = re.search(rf"(?<![\w.]){name}\s*:?\s*\{{", text)  # `name {` or `name: {`, anywhere
-    if not match:
-        return None
-    depth, start = 1, match.end()
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[start:i]
-    raise ValueError(f"config.pbtxt: unbalanced braces after '{name}'")
+def batching_config(block: dict, max_batch_size: int) -> BatchingConfig:
+    """The batcher's settings from a parsed dynamic_batching block (service.modelconfig)."""
+    preferred = block.get("preferred_batch_size") or []
+    return BatchingConfig(max_batch_size=max_batch_size,
+                          max_queue_delay_us=block.get("max_queue_delay_microseconds", 0),
+                          preferred_batch_sizes=tuple(sorted({p for p in preferred if 0 < p <= max_batch_size})),
+                          max_queue_size=block.get("default_queue_policy", {}).get("max_queue_size", 0))
 
 
 def parse_config(path: Path, max_batch_size: int) -> BatchingConfig | None:
     """The dynamic_batching block of a Triton config.pbtxt, or None when the file or the block is absent."""
-    try:
-        text = re.sub(r"#[^\n]*", "", path.read_text())
-    except FileNotFoundError:
-        return None
-    body = _block(text, "dynamic_batching")
-    if body is None:
-        return None
+    from service.modelconfig import dynamic_batching, read_config
 
-    def number(key: str, where: str) -> int:
-        found = re.search(rf"\b{key}\s*:\s*(\d+)", where)
-        return int(found.group(1)) if found else 0
+    fields = read_config(Path(path).parent) if Path(path).name == "config.pbtxt" else None
+    if fields is None and Path(path).exists():
+        from service.modelconfig import parse_pbtxt
 
-    listed = re.search(r"\bpreferred_batch_size\s*:\s*\[([^\]]*)\]", body)  # [ 8, 16 ] or one per line
-    preferred = [int(p) for p in re.findall(r"\d+", listed.group(1))] if listed else []
-    preferred += [int(p) for p in re.findall(r"\bpreferred_batch_size\s*:\s*(\d+)", body)]
-    policy = _block(body, "default_queue_policy") or ""
-    return BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=number("max_queue_delay_microseconds", body),
-                          preferred_batch_sizes=tuple(sorted({p for p in preferred if 0 < p <= max_batch_size})),
-                          max_queue_size=number("max_queue_size", policy))
+        fields = parse_pbtxt(Path(path).read_text())
+    block = dynamic_batching(fields or {})
+    return None if block is None else batching_config(block, max_batch_size)
 
 
 class _Request:

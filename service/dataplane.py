@@ -12,13 +12,14 @@ from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
 from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
-                              decode_infer_request, encode_infer_response)
+                              decode_infer_request, dumps, dumps_nonfinite, encode_infer_response)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
 
 MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times max_batch_size: a request's element cap
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]  # advertise only what is implemented
+# Triton's names of the extensions implemented (and only those)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 
 
 class DataPlane:
@@ -41,6 +42,22 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None) -> dict:
         model = self.registry.get(name, version)
         return model.describe([str(v) for v in self.registry.versions(name)])
+
+    def model_config(self, name: str, version: str | None) -> dict:
+        """The model configuration extension: Triton's JSON form, nnserve's own fields under parameters."""
+        model = self.registry.get(name, version)
+        return model.config.to_json(model.nnserve_parameters())
+
+    def model_statistics(self, name: str | None, version: str | None) -> dict:
+        """The statistics extension: every ready version, or one model's, summed over all worker processes."""
+        if name is None:
+            keys = [(n, v) for n in self.registry.names() for v in self.registry.versions(n)]
+        else:
+            model = self.registry.get(name, version)  # unknown or not ready: Triton's errors
+            keys = [(model.name, model.version)] if version is not None else [
+                (model.name, v) for v in self.registry.versions(model.name)]
+        statistics = self.metrics.statistics
+        return {"model_stats": [statistics.model_stats(n, str(v)) for n, v in keys]}
 
     def model_ready(self, name: str, version: str | None) -> dict:
         model = self.registry.get(name, version)  # raises ModelNotReady (503) or ModelNotFound (404)
@@ -68,9 +85,10 @@ class DataPlane:
         """Run one V2 inference request; return the response body, its binary header length, and the model."""
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
-            limit = self.settings.batch_limit(model.name)
-            request = decode_infer_request(body, header_length, limit * MAX_SAMPLE_ELEMENTS)
+            limit = model.max_batch_size
+            request = decode_infer_request(body, header_length, max(1, limit) * MAX_SAMPLE_ELEMENTS)
             feed = model.check_request(request, limit)
+            timing["decoded"] = time.perf_counter()
             if request.outputs is None:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
             else:
@@ -79,36 +97,39 @@ class DataPlane:
             results = []
             for output, binary, top_k in wanted:
                 if top_k:
-                    results.append((output, "BYTES", classify(values[output], top_k, model.metadata.get("labels")),
-                                    binary))
+                    results.append((output, "BYTES", classify(values[output], top_k, model.labels), binary))
                 else:
                     results.append((output, model.outputs[output]["datatype"], values[output], binary))
             payload, header = encode_infer_response(model.name, model.version_str, request.id, results)
+            timing["encoded"] = time.perf_counter()
         return payload, header, model
 
-    def predict(self, name: str, body: bytes) -> tuple[dict, LoadedModel]:
-        """The convenience endpoint: {"instances": [...]} in, {"predictions": [...]} in the task's terms out."""
+    def predict(self, name: str, body: bytes) -> tuple[bytes, LoadedModel]:
+        """The convenience endpoint: {"instances": [...]} in, {"predictions": [...]} in the task's terms out (JSON
+        bytes; NaN and Infinity as those literals, as in an infer response)."""
         model = self.registry.get(name)
         with self._observed(model) as timing:
             request = instances_request(model, body)
-            feed = model.check_request(request, self.settings.batch_limit(model.name))
+            feed = model.check_request(request, model.max_batch_size)
+            timing["decoded"] = time.perf_counter()
             values = self._run(model, feed, model.output_names, timing)
-            if not all(np.isfinite(v).all() for v in values.values()):  # JSON has no NaN or Infinity
-                raise BadRequest("the model produced non-finite values for these inputs (they are outside the "
-                                 "range it handles)")
-            predictions = describe_predictions(model, values)
-        return {"model_name": model.name, "model_version": model.version_str, "predictions": predictions}, model
+            answer = {"model_name": model.name, "model_version": model.version_str,
+                      "predictions": describe_predictions(model, values)}
+            finite = all(v.dtype.kind != "f" or np.isfinite(v).all() for v in values.values())
+            payload = dumps(answer) if finite else dumps_nonfinite(answer)
+            timing["encoded"] = time.perf_counter()
+        return payload, model
 
     def _run(self, model: LoadedModel, feed: dict, outputs: list[str], timing: dict) -> dict:
         bound = timing["metrics"]
         if model.batcher is not None:  # the batch's runner records its size and compute time
             values, started = model.batcher.run(model, feed, outputs)
-            bound.queue_duration.observe(started - timing["start"])
-            return values
-        started = time.perf_counter()
+        else:
+            started = time.perf_counter()
+            values = model.run(feed, outputs)
+            bound.observe_run(batch_size_of(feed), time.perf_counter() - started)
+        timing["started"], timing["ran"] = started, time.perf_counter()
         bound.queue_duration.observe(started - timing["start"])
-        values = model.run(feed, outputs)
-        bound.observe_run(batch_size_of(feed), time.perf_counter() - started)
         return values
 
     @contextlib.contextmanager
@@ -127,8 +148,19 @@ class DataPlane:
             raise
         finally:
             metrics.in_flight.dec()
-            bound.request_duration.observe(time.perf_counter() - timing["start"])
+            start, end = timing["start"], time.perf_counter()
+            bound.request_duration.observe(end - start)
             bound.outcomes[outcome].inc()
+            if outcome == "success":  # Triton's phases: decode and check, wait, run, encode
+                decoded, started, ran = timing["decoded"], timing["started"], timing["ran"]
+                bound.stats.success(_ns(end - start), _ns(decoded - start), _ns(started - decoded),
+                                    _ns(ran - started), _ns(timing["encoded"] - ran))
+            else:
+                bound.stats.failure(_ns(end - start))
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
 
 
 def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
@@ -144,7 +176,7 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
     instances = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(instances, list) or not instances:
         raise BadRequest('request body: expected {"instances": [...]} with at least one instance')
-    specs = model.metadata["inputs"]
+    specs = model.input_specs
     columns: dict[str, list] = {t["name"]: [] for t in specs}
     seed = doc.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
@@ -157,7 +189,7 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             instance = {specs[0]["name"]: instance}
         for spec in specs:
             if spec["name"] not in instance:
-                if spec["name"] == "latent":
+                if spec["name"] == "latent" and model.metadata.get("task") == "generation":
                     instance = {**instance, "latent": rng.standard_normal(spec["shape"][1]).tolist()}
                 else:
                     raise BadRequest(f"instances[{i}]: missing '{spec['name']}' ({spec['datatype']} "
@@ -170,21 +202,35 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             array = np.asarray(columns[spec["name"]])
         except ValueError:
             raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
-        if array.dtype.kind not in ("iuf" if spec["datatype"] != "INT64" else "iu") or (
-                array.size and contains_bool(columns[spec["name"]], array.ndim)):  # [true, 0] reads as [1, 0]
+        kinds = {"BYTES": "U", "BOOL": "b"}.get(spec["datatype"], "iu" if spec["datatype"][0] in "IU" else "iuf")
+        if array.dtype.kind not in kinds or (array.dtype.kind in "iuf" and array.size and contains_bool(
+                columns[spec["name"]], array.ndim)):  # [true, 0] reads as [1, 0]
             problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
             inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
             continue
-        inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape),
-                                   array.astype(NUMPY_DTYPES[spec["datatype"]])))
+        if spec["datatype"] == "BYTES":
+            value = np.empty(array.shape, dtype=object)
+            value[...] = array.tolist() if array.ndim else str(array)
+        else:
+            value = array.astype(NUMPY_DTYPES[spec["datatype"]])
+        inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), value))
     return InferRequest(inputs, None, problems=problems)
 
 
 def describe_predictions(model: LoadedModel, values: dict) -> list:
-    """Predictions in the task's terms: labels with probabilities, values, score and flag, images."""
-    task, meta = model.metadata["task"], model.metadata
+    """Predictions in the task's terms: labels with probabilities, values, score and flag, images. A model with no
+    nnserve metadata gets its outputs: one output's values per instance, or an object of every output's."""
+    task, meta = model.metadata.get("task"), model.metadata
     first = values[model.output_names[0]]
     labels = meta.get("labels") or []
+    if task is None:
+        if len(values) == 1:
+            return first.tolist()
+        if not model.batching:
+            return [{name: value.tolist() for name, value in values.items()}]
+        return [{name: value[i].tolist() for name, value in values.items()} for i in range(len(first))]
+    if task in ("binary", "regression", "anomaly") and first.ndim == 2 and first.shape[1] == 1:
+        first = first.reshape(-1)  # config.pbtxt's dims [1] for a per-sample scalar: predictions are numbers
     if task == "multiclass":
         return [{"label": labels[int(row.argmax())], "probability": float(row.max()),
                  "probabilities": dict(zip(labels, map(float, row)))} for row in first]
@@ -196,7 +242,7 @@ def describe_predictions(model: LoadedModel, values: dict) -> list:
     if task == "anomaly":
         threshold = meta["task_params"]["threshold"]
         return [{"score": float(s), "anomaly": bool(s > threshold), "threshold": threshold}
-                for s in values["score"]]
+                for s in values["score"].reshape(-1)]
     if task == "generation":
         return [{"image": image.tolist()} for image in first]
     return first.tolist()  # regression: values; forecasting: the next H values

@@ -41,15 +41,18 @@ class InvalidInput(BadRequest):
 
 
 class ModelNotFound(ServiceError):
+    """Triton's wording, which clients match on ("Request for unknown model: 'x' is not found"); Triton answers 400
+    for an unknown name, nnserve 404 (the V2 protocol's status for a missing model)."""
+
     status_code = 404
 
     def __init__(self, name: str, version: str | None = None, available: list[str] | None = None):
         if version is None:
-            message = f"unknown model '{name}'"
+            message = f"Request for unknown model: '{name}' is not found"
             if available is not None:
                 message += f"; available models: {available}"
         else:
-            message = f"model '{name}' has no version '{version}'"
+            message = f"Request for unknown model: '{name}' version {version} is not found"
             if available is not None:
                 message += f"; available versions: {available}"
         super().__init__(message)

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Callable
 
 import orjson
 
@@ -72,6 +73,38 @@ def log_access(request_id: str, method: str, route: str, status: int, model: str
             "version": version, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
 
 
+def infer_http(plane: DataPlane, name: str, version: str | None, body: bytes, header: Callable[[str], str | None]
+               ) -> tuple[bytes, list[tuple[str, str]], object]:
+    """The HTTP infer call, for both the fast path and the Flask route: `body` as read, `header(name)` a request
+    header or None. Returns (payload, response headers, model); raises ServiceError."""
+    header_length = None
+    raw = header(HEADER_LENGTH)
+    if raw is not None:
+        if not HEADER_LENGTH_RE.fullmatch(raw.strip()):
+            raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw[:32]!r}")
+        header_length = int(raw)
+    # tritonclient sends no Content-Type, so the body is read raw whatever it says.
+    body = decompress(body, header("Content-Encoding"), plane.settings.max_body_bytes)
+    payload, binary_header, model = plane.infer(name, version, body, header_length)
+    headers = []
+    accept = header("Accept-Encoding")
+    if accept:
+        payload, encoding = compress(payload, accept)
+        if encoding:
+            headers.append(("Content-Encoding", encoding))
+    if binary_header is None:
+        headers.append(("Content-Type", "application/json"))
+    else:
+        headers.append(("Content-Type", "application/octet-stream"))
+        headers.append((HEADER_LENGTH, str(binary_header)))
+    return payload, headers, model
+
+
+def environ_header(environ) -> Callable[[str], str | None]:
+    """A request header from a WSGI environ, by its HTTP name."""
+    return lambda name: environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+
 class FastPath:
     """WSGI middleware: answers infer and health requests itself, passes the rest to `app`."""
 
@@ -105,14 +138,7 @@ class FastPath:
         started = time.perf_counter()
         route = INFER_ROUTE if version is None else INFER_VERSION_ROUTE
         model_name = model_version = None
-        headers = []
         try:
-            header_length = None
-            raw = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
-            if raw is not None:
-                if not HEADER_LENGTH_RE.fullmatch(raw.strip()):
-                    raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw[:32]!r}")
-                header_length = int(raw)
             if length is None:  # chunked: read up to one byte past the limit
                 body = environ["wsgi.input"].read(self.max_body + 1)
                 if len(body) > self.max_body:
@@ -123,19 +149,8 @@ class FastPath:
                 if len(body) != length:
                     raise BadRequest(f"request body: Content-Length is {length} but the connection ended after "
                                      f"{len(body)} bytes")
-            body = decompress(body, environ.get("HTTP_CONTENT_ENCODING"), self.max_body)
-            payload, binary_header, model = self.plane.infer(name, version, body, header_length)
+            payload, headers, model = infer_http(self.plane, name, version, body, environ_header(environ))
             model_name, model_version = model.name, model.version_str
-            accept = environ.get("HTTP_ACCEPT_ENCODING")
-            if accept:
-                payload, encoding = compress(payload, accept)
-                if encoding:
-                    headers.append(("Content-Encoding", encoding))
-            if binary_header is None:
-                headers.append(("Content-Type", "application/json"))
-            else:
-                headers.append(("Content-Type", "application/octet-stream"))
-                headers.append((HEADER_LENGTH, str(binary_header)))
             status = 200
         except ServiceError as exc:
             status, payload, headers = exc.status_code, dumps({"error": exc.message}), []

@@ -11,6 +11,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.statistics import Statistics
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Seconds; a small model answers in well under a millisecond, a busy server in tens of milliseconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -20,9 +22,10 @@ OUTCOMES = ("success", "client_error", "server_error")
 class Metrics:
     """The service's collectors. `multiprocess_dir` is set when several worker processes share them."""
 
-    def __init__(self, multiprocess_dir: str | None = None):
+    def __init__(self, multiprocess_dir: str | None = None, state_dir: str | None = None):
         self.registry = CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir
+        self.statistics = Statistics(state_dir)  # the statistics extension's counters, summed over workers
         r = self.registry
         self.requests = Counter(
             "nnserve_inference_requests", "Inference requests by model, version and outcome "
@@ -77,8 +80,10 @@ class ModelMetrics:
         self.queue_duration = metrics.queue_duration.labels(model, version)
         self.compute_duration = metrics.compute_duration.labels(model, version)
         self.batch_size = metrics.batch_size.labels(model, version)
+        self.stats = metrics.statistics.for_model(model, version)
 
     def observe_run(self, samples: int, seconds: float) -> None:
         """One ONNX Runtime execution: its batch size and duration."""
         self.batch_size.observe(samples)
         self.compute_duration.observe(seconds)
+        self.stats.execution(samples)

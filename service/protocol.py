@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import reprlib
+import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ ACCEPTED_JSON_KINDS = {
     **{name: "iu" for name in DATATYPES if name.startswith(("INT", "UINT"))},
     **{name: "iuf" for name in DATATYPES if name.startswith("FP")},
     "BOOL": "b",
+    "BYTES": "U",
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PARAMETER_TYPES = (str, int, float, bool)
@@ -122,7 +124,11 @@ def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[
         if depth > MAX_DIMS:
             return None, f"{where}.data: nested {depth} levels deep; a tensor has at most {MAX_DIMS} dimensions"
         return None, f"{where}.data: nested lists must be regular (all rows the same length)"
+    if datatype == "BYTES":
+        return _strings_from_json(where, data, raw, count)
     kinds = ACCEPTED_JSON_KINDS[datatype]
+    if raw.dtype.kind in "fO" and datatype in ("UINT64", "INT64") and raw.size:
+        raw = _wide_integers(data, raw, datatype)  # numpy reads [1, 2**64 - 1] as floats
     if raw.size and raw.dtype.kind not in kinds:
         found = {"U": "strings", "O": "non-numbers or numbers out of range", "b": "booleans",
                  "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(raw.dtype.kind, str(raw.dtype))
@@ -140,6 +146,74 @@ def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[
         if flat.size and (flat.min() < info.min or flat.max() > info.max):
             return None, f"{where}.data: values out of range for {datatype}"
     return flat.astype(target, copy=False), None
+
+
+def _wide_integers(data: list, raw: np.ndarray, datatype: str) -> np.ndarray:
+    """JSON integers beyond int64 (or mixed with ones that are) as `datatype`, when every element is an integer."""
+    items: Any = data
+    for _ in range(raw.ndim - 1):
+        items = itertools.chain.from_iterable(items)
+    if set(map(type, items)) != {int}:
+        return raw
+    try:
+        return np.array(data, dtype=NUMPY_DTYPES[datatype])
+    except OverflowError:
+        return raw
+
+
+def _strings_from_json(where: str, data: list, raw: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
+    """BYTES elements given as JSON strings: every element a string (numpy would turn [\"a\", 1] into two)."""
+    items: Any = data
+    for _ in range(raw.ndim - 1):
+        items = itertools.chain.from_iterable(items)
+    items = list(items) if raw.ndim else [data]
+    if raw.size and (raw.dtype.kind != "U" or set(map(type, items)) != {str}):
+        found = sorted({type(x).__name__ for x in items if not isinstance(x, str)}) or [raw.dtype.name]
+        return None, f"{where}.data: expected BYTES elements as JSON strings, got {', '.join(found)} among them"
+    if len(items) != count:
+        return None, f"{where}.data: shape needs {count} elements, got {len(items)}"
+    try:
+        "".join(items).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate sent as a \u escape
+        return None, f"{where}.data: a string is not valid Unicode text (a lone surrogate escape)"
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array, None
+
+
+def decode_bytes_elements(chunk: bytes | memoryview, count: int, where: str) -> np.ndarray:
+    """Triton's binary BYTES: each element a 4-byte little-endian length, then that many bytes, row-major.
+
+    ONNX Runtime's string tensors hold text, so each element must be UTF-8; raise BadRequest naming the tensor
+    and the element otherwise, and for lengths past the end or a count that does not match the shape."""
+    size = len(chunk)
+    if count * 4 > size:
+        raise BadRequest(f"{where}: {count} BYTES elements need at least {count * 4} bytes of length prefixes, "
+                         f"the data has {size}")
+    array = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > size:
+            raise BadRequest(f"{where}: element {i}'s 4-byte length prefix runs past the end of the data")
+        (length,) = struct.unpack_from("<I", chunk, pos)
+        pos += 4
+        if pos + length > size:
+            raise BadRequest(f"{where}: element {i} declares {length} bytes, only {size - pos} are left")
+        try:
+            array[i] = bytes(chunk[pos:pos + length]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"{where}: element {i} is not valid UTF-8; ONNX Runtime's string tensors hold "
+                             "text, so BYTES elements must be UTF-8") from None
+        pos += length
+    if pos != size:
+        raise BadRequest(f"{where}: {size - pos} bytes follow the {count} BYTES elements the shape holds")
+    return array
+
+
+def encode_bytes_elements(array: np.ndarray) -> bytes:
+    """The binary form of a BYTES tensor (str elements as UTF-8, bytes as they are)."""
+    return b"".join(len(b).to_bytes(4, "little") + b for b in (
+        x if isinstance(x, bytes) else str(x).encode("utf-8") for x in array.reshape(-1)))
 
 
 def decode_infer_request(body: bytes, header_length: int | None = None,
@@ -226,7 +300,12 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
         if max(shape, default=0) > max_elements:  # e.g. [0, 10**9, 10**9]: no elements, but numpy cannot shape it
             problems.append(f"{where}.shape: {shape} has a dimension over the limit of {max_elements} elements")
             continue
-        if size is not None:
+        if size is not None and datatype == "BYTES":
+            try:
+                array, problem = decode_bytes_elements(chunk, count, where), None
+            except BadRequest as exc:
+                array, problem = None, exc.message
+        elif size is not None:
             dtype = NUMPY_DTYPES[datatype]
             if size != count * dtype.itemsize:
                 array, problem = None, (f"{where}.parameters.binary_data_size: shape {shape} of {datatype} "
@@ -340,24 +419,31 @@ def dumps(payload) -> bytes:
         return json.dumps(payload, separators=(",", ":"), default=lambda a: a.tolist()).encode()
 
 
+def dumps_nonfinite(payload) -> bytes:
+    """JSON bytes with NaN, Infinity and -Infinity written as those bare literals, as Python's json module, JavaScript's
+    JSON5 and Triton's own JSON writer do (strict JSON has no way to say them; orjson would write null)."""
+    return json.dumps(payload, separators=(",", ":"), default=lambda a: a.tolist()).encode()
+
+
 def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
                           results: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
     """Encode outputs given as (name, datatype, array, binary); return (body, header length or None)."""
     outputs, chunks = [], []
+    nonfinite = False
     for name, datatype, array, binary in results:
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary and datatype == "BYTES":  # each element: 4-byte little-endian length, then the bytes
-            chunk = b"".join(len(b).to_bytes(4, "little") + b for b in (str(x).encode() for x in array.reshape(-1)))
+            chunk = encode_bytes_elements(array)
             out["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         elif binary:
             chunk = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             out["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
+        elif array.dtype.kind == "f" and not np.isfinite(array).all():
+            nonfinite = True  # JSON has no NaN or Infinity: written as those literals (see dumps_nonfinite)
+            out["data"] = array.reshape(-1).tolist()
         else:
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise BadRequest(f"the model produced non-finite values in output '{name}' for these inputs "
-                                 "(they are outside the range it handles)")
             # orjson writes numeric arrays itself (float32 as its shortest round-trip form); strings via lists
             out["data"] = array.reshape(-1).tolist() if array.dtype.kind == "O" else array.reshape(-1)
         outputs.append(out)
@@ -365,7 +451,7 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = outputs
-    header = dumps(response)
+    header = dumps_nonfinite(response) if nonfinite else dumps(response)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

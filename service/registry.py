@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import artifact
-from service.batching import Batcher, parse_config
+from service import artifact, modelconfig
+from service.batching import Batcher, batching_config
 from service.control import Control
 from service.errors import BadRequest, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
@@ -36,11 +36,21 @@ class VersionState:
 
 
 def _signature(version_dir: Path) -> tuple:
-    """Changes when a version's files change, so a failed version is retried only after it was fixed."""
+    """Changes when a version's files or its model's config.pbtxt change, so a failed version is retried only after
+    it was fixed."""
+    files = [version_dir.parent / modelconfig.CONFIG_FILENAME]
     try:
-        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(version_dir.iterdir()))
+        files += sorted(version_dir.iterdir())
     except OSError:
-        return ()
+        pass
+    signature = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        signature.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(signature)
 
 
 class ModelRegistry:
@@ -85,11 +95,19 @@ class ModelRegistry:
         with self._reload_lock:
             model_dir = self.settings.models / name
             available = [] if name in self._unloaded else artifact.list_versions(model_dir)
-            wanted = self.settings.parse_version_policy() or len(available)
             current = dict(self._models.get(name, {}))
+            try:
+                fields = modelconfig.read_config(model_dir) if available else None
+                policy = modelconfig.version_policy(fields) or self.settings.version_policy_config()
+            except modelconfig.ConfigError as exc:  # every version is refused with the reason; what serves stays
+                for version in available:
+                    if version not in current:
+                        self._refuse(name, version, _signature(model_dir / str(version)), LoadError(str(exc)))
+                return [s for s in self.states() if s.name == name]
+            candidates, wanted = modelconfig.select_versions(policy, available)
             keep: dict[int, LoadedModel] = {}
-            for version in sorted(available, reverse=True):
-                if len(keep) >= wanted:
+            for version in candidates:
+                if wanted is not None and len(keep) >= wanted:
                     break
                 if version in current:
                     keep[version] = current[version]
@@ -97,7 +115,7 @@ class ModelRegistry:
                 signature = _signature(model_dir / str(version))
                 if not retry_failed and self._failed.get((name, version)) == signature:
                     continue  # failed before and unchanged since: do not retry on every poll
-                model = self._load(name, version, signature)
+                model = self._load(name, version, signature, fields)
                 if model is not None:
                     keep[version] = model
             with self._lock:
@@ -118,33 +136,39 @@ class ModelRegistry:
                     log.info("unloaded %s version %s", name, version)
             return [s for s in self.states() if s.name == name]
 
-    def _load(self, name: str, version: int, signature: tuple) -> LoadedModel | None:
+    def _load(self, name: str, version: int, signature: tuple, fields: dict | None) -> LoadedModel | None:
         self._set_state(VersionState(name, version, "LOADING"))
+        settings = self.settings
         try:
-            model = load_model(self.settings.models / name / str(version), self.settings.device,
-                               self.settings.session_threads)
-            if self.settings.dynamic_batching:
-                try:
-                    config = parse_config(self.settings.models / name / "config.pbtxt", self.settings.batch_limit(name))
-                except OSError as exc:  # str(exc) would name the absolute path: reasons are shown to clients
-                    raise LoadError(artifact.unreadable("config.pbtxt", exc)) from None
-                except ValueError as exc:
-                    raise LoadError(f"config.pbtxt: {exc}") from None
-                if config is not None:
-                    model.batcher = Batcher(config, self.metrics.for_model(name, str(version)).observe_run)
+            model = load_model(settings.models / name / str(version), settings.device, settings.session_threads,
+                               config_fields=fields, default_max_batch_size=settings.default_max_batch_size,
+                               default_version_policy=settings.version_policy_config(),
+                               max_model_bytes=settings.max_model_bytes)
+            if model.batching:  # the operator's cap, below the model's own max_batch_size
+                model.max_batch_size = min(model.max_batch_size, settings.batch_limit(name))
+            block = model.config.dynamic_batching
+            if settings.dynamic_batching and block is not None and model.batching:
+                model.batcher = Batcher(batching_config(block, model.max_batch_size),
+                                        self.metrics.for_model(name, str(version)).observe_run)
+            if model.config.ignored:
+                log.info("%s: config.pbtxt's %s mean something only to Triton and are ignored", name,
+                         ", ".join(model.config.ignored))
         except Exception as exc:  # LoadError, or anything unforeseen (a folder where a file should be, ...)
             if not isinstance(exc, LoadError):
                 log.exception("unexpected error loading %s version %s", name, version)
                 exc = LoadError(f"cannot be read ({type(exc).__name__})")
-            log.error("cannot load %s version %s: %s", name, version, exc)
-            self._failed[(name, version)] = signature
-            self._set_state(VersionState(name, version, "UNAVAILABLE", str(exc)))
-            self.metrics.load_failures.labels(name).inc()
+            self._refuse(name, version, signature, exc)
             return None
         self._failed.pop((name, version), None)
         self._set_state(VersionState(name, version, "READY"))
         self.metrics.model_loaded.labels(name, str(version), model.provider).set(1)
         return model
+
+    def _refuse(self, name: str, version: int, signature: tuple, exc: Exception) -> None:
+        log.error("cannot load %s version %s: %s", name, version, exc)
+        self._failed[(name, version)] = signature
+        self._set_state(VersionState(name, version, "UNAVAILABLE", str(exc)))
+        self.metrics.load_failures.labels(name).inc()
 
     def _set_state(self, state: VersionState) -> None:
         with self._lock:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from importlib import resources
 
 from flask import Blueprint, Response, current_app, g, request
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, Forbidden, Unauthorized
-from service.protocol import HEADER_LENGTH, PARAMETER_TYPES, brief, compress, decompress
+from service.fastpath import infer_http
+from service.protocol import PARAMETER_TYPES, brief, decompress
 
 bp = Blueprint("v2", __name__)
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
@@ -73,31 +73,36 @@ def _note_model(model) -> None:
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    raw_length = request.headers.get(HEADER_LENGTH)
-    header_length = None
-    if raw_length is not None:
-        if not re.fullmatch(r"[0-9]{1,12}", raw_length.strip()):
-            raise BadRequest(f"{HEADER_LENGTH}: expected a non-negative integer, got {raw_length[:32]!r}")
-        header_length = int(raw_length)
-    # tritonclient sends no Content-Type, so the body is read raw (get_json would answer 415).
-    payload, binary_header, model = _plane().infer(name, version, _request_body(), header_length)
+    """Reached only where the fast path passes (no Content-Length and not chunked, or a body over the limit,
+    which get_data refuses with 413): the same handler."""
+    payload, headers, model = infer_http(_plane(), name, version, request.get_data(cache=False),
+                                         request.headers.get)
     _note_model(model)
-    payload, encoding = compress(payload, request.headers.get("Accept-Encoding", ""))
-    response = Response(payload, mimetype="application/json" if binary_header is None
-                        else "application/octet-stream")
-    if binary_header is not None:
-        response.headers[HEADER_LENGTH] = str(binary_header)
-    if encoding:
-        response.headers["Content-Encoding"] = encoding
+    response = Response(payload)
+    for key, value in headers:
+        response.headers[key] = value
     return response
+
+
+@bp.get("/v2/models/<name>/config")
+@bp.get("/v2/models/<name>/versions/<version>/config")
+def model_config(name: str, version: str | None = None):
+    return json_response(_plane().model_config(name, version))
+
+
+@bp.get("/v2/models/stats")
+@bp.get("/v2/models/<name>/stats")
+@bp.get("/v2/models/<name>/versions/<version>/stats")
+def model_statistics(name: str | None = None, version: str | None = None):
+    return json_response(_plane().model_statistics(name, version))
 
 
 @bp.post("/v1/models/<name>:predict")
 def predict(name: str):
     """Convenience endpoint for people and simple scripts: {"instances": [...]} -> {"predictions": [...]}."""
-    answer, model = _plane().predict(name, _request_body())
+    payload, model = _plane().predict(name, _request_body())
     _note_model(model)
-    return json_response(answer)
+    return Response(payload, mimetype="application/json")
 
 
 def _authorize() -> None:

@@ -1,29 +1,29 @@
-"""One loaded model version: its metadata, its ONNX Runtime session, input checks and inference."""
+"""One loaded model version: its configuration and metadata, its ONNX Runtime session, input checks and inference."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from service import artifact
-from service.errors import InferenceFailed, InvalidInput
-from service.protocol import NUMPY_DTYPES, InferRequest, clip
+from service import artifact, modelconfig, onnxfile
+from service.errors import BadRequest, InferenceFailed, InvalidInput
+from service.modelconfig import (DATA_TYPES, DEFAULT_MAX_BATCH_SIZE, MAX_WARMUP_ELEMENTS, ConfigError, GraphTensor,
+                                 ModelConfig, TensorConfig, read_config)
+from service.protocol import NUMPY_DTYPES, InferRequest, clip, decode_bytes_elements
 
 log = logging.getLogger(__name__)
 
-ORT_TYPES = {  # ONNX Runtime type strings -> V2 datatypes
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEFAULT_MAX_SEQUENCE = 4096  # steps per request for variable-length inputs; an LSTM's memory grows with them
+DEFAULT_MAX_MODEL_BYTES = 4 << 30  # what a model's stored tensors may declare (Settings.max_model_bytes)
+FLOAT_TYPES = ("FP16", "FP32", "FP64")
 
 
 class LoadError(Exception):
@@ -45,26 +45,46 @@ def _shape_matches(expected: list[int], got: list[int]) -> bool:
     return len(expected) == len(got) and all(e == -1 or e == g for e, g in zip(expected, got))
 
 
+def _api_shape(tensor: TensorConfig, batching: bool) -> list[int]:
+    return ([-1] if batching else []) + tensor.dims
+
+
 @dataclass
 class LoadedModel:
-    """A model version ready for inference. Built by `load_model`; immutable afterwards."""
+    """A model version ready for inference, described by its Triton model configuration and, for nnserve's own
+    artifacts, its metadata (labels, task, provenance). Built by `load_model`; immutable afterwards."""
 
     name: str
     version: int
-    metadata: dict
+    config: ModelConfig
     session: ort.InferenceSession
     provider: str
     load_seconds: float
+    metadata: dict = field(default_factory=dict)  # nnserve's layer; empty for a model from elsewhere
 
     def __post_init__(self) -> None:
         # Precomputed once so requests do no per-call lookups.
-        self.inputs = {t["name"]: t for t in self.metadata["inputs"]}
-        self.outputs = {t["name"]: t for t in self.metadata["outputs"]}
-        self.output_names = [t["name"] for t in self.metadata["outputs"]]
+        config = self.config
+        self.batching = config.max_batch_size > 0
+        self.max_batch_size = config.max_batch_size  # the registry may lower it to the operator's limit
+        self.input_specs = [{"name": t.name, "datatype": t.datatype, "shape": _api_shape(t, self.batching)}
+                            for t in config.inputs]
+        self.output_specs = [{"name": t.name, "datatype": t.datatype, "shape": _api_shape(t, self.batching)}
+                             for t in config.outputs]
+        self.inputs = {t["name"]: t for t in self.input_specs}
+        self.outputs = {t["name"]: t for t in self.output_specs}
+        self.required_inputs = [t.name for t in config.inputs if not t.optional]
+        # The model's own shape where config.pbtxt reshapes: requests may also send it, as nnserve always took.
+        self.model_shapes = {t.name: ([-1] if self.batching else []) + (t.reshape or [])
+                             for t in config.inputs if t.reshape is not None or t.scalar}
+        self.output_reshapes = {t.name: t.dims for t in config.outputs
+                                if (t.reshape is not None or t.scalar) and t.dims.count(-1) <= 1}
+        self.output_names = [t.name for t in config.outputs]
         self.version_str = str(self.version)
         params = self.metadata.get("task_params", {})
+        self.labels = self.metadata.get("labels")
         self.classes_input = params.get("classes_input")  # the GAN's class input: checked against the labels
-        self.num_classes = len(self.metadata.get("labels") or [])
+        self.num_classes = len(self.labels or [])
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
         self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
         self.batcher = None  # a service.batching.Batcher when the model is dynamically batched
@@ -75,21 +95,26 @@ class LoadedModel:
             "name": self.name,
             "versions": versions,
             "platform": "onnxruntime_onnx",
-            "inputs": self.metadata["inputs"],
-            "outputs": self.metadata["outputs"],
-            "parameters": {
-                "task": self.metadata["task"],
-                "architecture": self.metadata["architecture"],
-                "version": self.version_str,
-                "provider": self.provider,
-                **({"labels": json.dumps(self.metadata["labels"])} if self.metadata.get("labels") else {}),
-                # V2 parameters are scalars: the batching configuration as JSON, like the labels
-                "dynamic_batching": json.dumps(self.batcher.config.describe() if self.batcher else None),
-            },
+            "inputs": self.input_specs,
+            "outputs": self.output_specs,
+            "parameters": {**self.nnserve_parameters(),
+                           # V2 parameters are scalars: the batching configuration as JSON, like the labels
+                           "dynamic_batching": json.dumps(self.batcher.config.describe() if self.batcher else None)},
         }
 
+    def nnserve_parameters(self) -> dict[str, str]:
+        """What nnserve adds to Triton's description: the provider, and its own artifacts' task and labels."""
+        meta = self.metadata
+        params = {"version": self.version_str, "provider": self.provider}
+        for key in ("task", "architecture"):
+            if key in meta:
+                params[key] = meta[key]
+        if self.labels:
+            params["labels"] = json.dumps(self.labels)
+        return params
+
     def check_request(self, request: InferRequest, max_batch_size: int) -> dict[str, np.ndarray]:
-        """Check every input against the metadata; return the feed, or raise InvalidInput with all problems."""
+        """Check every input against the configuration; return the feed, or raise InvalidInput with all problems."""
         problems = list(request.problems)
         feed: dict[str, np.ndarray] = {}
         batch_sizes = set()
@@ -103,11 +128,13 @@ class LoadedModel:
                 continue
             if tensor.datatype != spec["datatype"]:
                 problems.append(f"input '{tensor.name}': expected datatype {spec['datatype']}, got {tensor.datatype}")
-            if not _shape_matches(spec["shape"], tensor.shape):
+            model_shape = self.model_shapes.get(tensor.name)
+            if not (_shape_matches(spec["shape"], tensor.shape)
+                    or model_shape is not None and _shape_matches(model_shape, tensor.shape)):
                 problems.append(f"input '{tensor.name}': expected shape {spec['shape']}, got {tensor.shape}")
             elif 0 in tensor.shape:
                 problems.append(f"input '{tensor.name}': every dimension must be at least 1, got {tensor.shape}")
-            elif tensor.shape and tensor.shape[0] > max_batch_size:
+            elif self.batching and tensor.shape[0] > max_batch_size:
                 problems.append(f"input '{tensor.name}': batch size {tensor.shape[0]} exceeds the maximum of "
                                 f"{max_batch_size}; split the request")
             elif any(d > self.max_sequence_length for d, want in zip(tensor.shape[1:], spec["shape"][1:]) if want == -1):
@@ -125,12 +152,16 @@ class LoadedModel:
                 problems.append(f"input '{tensor.name}': class indices must be in 0..{self.num_classes - 1}, got "
                                 f"values from {tensor.array.min()} to {tensor.array.max()}")
                 continue
-            if tensor.shape:
+            if self.batching and tensor.shape:
                 batch_sizes.add(tensor.shape[0])
-            feed[tensor.name] = tensor.array
+            array = tensor.array
+            if model_shape is not None and array.ndim != len(model_shape):
+                array = array.reshape([array.shape[0]] + model_shape[1:] if self.batching else model_shape)
+            feed[tensor.name] = array
         given = {t.name for t in request.inputs}
-        for name, spec in self.inputs.items():
+        for name in self.required_inputs:
             if name not in given:
+                spec = self.inputs[name]
                 problems.append(f"missing input '{name}' ({spec['datatype']} {spec['shape']})")
         if len(batch_sizes) > 1:
             problems.append(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
@@ -143,7 +174,7 @@ class LoadedModel:
         return feed
 
     def run(self, feed: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the session on a checked feed."""
+        """Run the session on a checked feed; outputs come back in the configuration's shape."""
         names = output_names or self.output_names
         try:
             values = self.session.run(names, feed)
@@ -151,30 +182,94 @@ class LoadedModel:
             log.exception("inference failed for %s/%s", self.name, self.version)
             raise InferenceFailed(f"inference failed for model '{self.name}' version {self.version}: "
                                   f"{type(exc).__name__}") from exc
-        return dict(zip(names, values))
+        result = dict(zip(names, values))
+        for name, dims in self.output_reshapes.items():
+            if name in result:
+                value = result[name]
+                result[name] = value.reshape(([value.shape[0]] if self.batching and value.ndim else []) + dims)
+        return result
 
 
-def _warmup_feed(metadata: dict) -> dict[str, np.ndarray]:
-    """A batch-1 input of zeros (every variable dim set to 1), for the first run before serving."""
-    return {t["name"]: np.zeros([1 if d == -1 else d for d in t["shape"]], dtype=NUMPY_DTYPES[t["datatype"]])
-            for t in metadata["inputs"]}
+def _warmup_feeds(model: LoadedModel, model_dir: Path) -> list[dict[str, np.ndarray]]:
+    """The warm-up requests: config.pbtxt's model_warmup samples, else one batch-1 sample of zeros when every
+    input is floating point (integer, boolean and string inputs may be data the graph depends on: shapes, indices,
+    lengths; made-up values could fail a valid model, so such a model is not warmed up without samples)."""
+    samples = model.config.model_warmup
+    if not samples:
+        if not all(spec["datatype"] in FLOAT_TYPES for spec in model.input_specs):
+            log.info("%s version %s: no model_warmup in config.pbtxt and inputs that may be data: not warmed up",
+                     model.name, model.version)
+            return []
+        feed = {}
+        for spec in model.input_specs:
+            shape = model.model_shapes.get(spec["name"], spec["shape"])
+            feed[spec["name"]] = np.zeros([1 if d == -1 else d for d in shape], dtype=NUMPY_DTYPES[spec["datatype"]])
+        return [feed]
+    feeds = []
+    rng = np.random.default_rng(0)
+    for sample in samples:
+        batch = [max(1, sample["batch_size"])] if model.batching else []
+        feed = {}
+        for name, spec in sample["inputs"].items():
+            if name not in model.inputs:
+                raise LoadError(f"config.pbtxt: model_warmup '{sample['name']}' names input '{name}', which the "
+                                f"model does not have")
+            shape = batch + spec["dims"]
+            if -1 in shape or math.prod(shape) > MAX_WARMUP_ELEMENTS:
+                raise LoadError(f"config.pbtxt: model_warmup '{sample['name']}' input '{name}': dims {spec['dims']} "
+                                f"must be fixed and hold at most {MAX_WARMUP_ELEMENTS} elements")
+            dtype = NUMPY_DTYPES[DATA_TYPES[spec["data_type"]]]
+            if "input_data_file" in spec:
+                feed[name] = _warmup_file(model_dir, spec["input_data_file"], dtype, shape, sample["name"])
+            elif dtype.kind == "O":
+                feed[name] = np.full(shape, "" if "zero_data" in spec else "warmup", dtype=object)
+            elif "random_data" in spec and dtype.kind in "iuf":
+                feed[name] = rng.integers(0, 10, shape).astype(dtype)
+            else:
+                feed[name] = np.zeros(shape, dtype=dtype)
+            model_shape = model.model_shapes.get(name)
+            if model_shape is not None:
+                feed[name] = feed[name].reshape(batch + model_shape[len(batch):])
+        feeds += [feed] * max(1, sample["count"])
+    return feeds
 
 
-def _check_session(metadata: dict, session: ort.InferenceSession, embedded: str | None) -> list[str]:
+def _warmup_file(model_dir: Path, filename: str, dtype: np.dtype, shape: list[int], sample: str) -> np.ndarray:
+    """Triton's input_data_file: raw little-endian values (BYTES: length-prefixed) in <model>/warmup/."""
+    where = f"config.pbtxt: model_warmup '{sample}' input_data_file '{filename[:64]}'"
+    if not artifact.is_valid_name(filename):
+        raise LoadError(f"{where}: expected a file name inside the model's warmup folder")
+    path = model_dir / "warmup" / filename
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    count = math.prod(shape)
+    if dtype.kind == "O":
+        try:
+            return decode_bytes_elements(data, count, where).reshape(shape)
+        except BadRequest as exc:
+            raise LoadError(exc.message) from None
+    if len(data) != count * dtype.itemsize:
+        raise LoadError(f"{where}: holds {len(data)} bytes, the sample needs {count * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _check_metadata(metadata: dict, inputs: list[GraphTensor], outputs: list[GraphTensor],
+                    embedded: str | None) -> list[str]:
+    """nnserve's metadata layer, when present, must describe the graph as it is."""
     problems = []
-    for kind, specs, nodes in (("input", metadata["inputs"], session.get_inputs()),
-                               ("output", metadata["outputs"], session.get_outputs())):
+    for kind, specs, nodes in (("input", metadata["inputs"], inputs), ("output", metadata["outputs"], outputs)):
         graph = {n.name: n for n in nodes}
         if sorted(graph) != sorted(t["name"] for t in specs):
             problems.append(f"{kind}s: metadata lists {[t['name'] for t in specs]}, the graph has {sorted(graph)}")
             continue
         for spec in specs:
             node = graph[spec["name"]]
-            if ORT_TYPES.get(node.type) != spec["datatype"]:
-                problems.append(f"{kind} '{spec['name']}': metadata says {spec['datatype']}, the graph {node.type}")
-            dims = [d if isinstance(d, int) else -1 for d in node.shape]
-            if dims != spec["shape"]:
-                problems.append(f"{kind} '{spec['name']}': metadata shape {spec['shape']}, the graph {dims}")
+            if DATA_TYPES.get(node.data_type) != spec["datatype"]:
+                problems.append(f"{kind} '{spec['name']}': metadata says {spec['datatype']}, the graph {node.ort_type}")
+            if node.shape != spec["shape"]:
+                problems.append(f"{kind} '{spec['name']}': metadata shape {spec['shape']}, the graph {node.shape}")
     if embedded is None:
         problems.append(f"model.onnx: no embedded metadata under '{artifact.METADATA_PROP}'")
     elif json.loads(embedded) != artifact.embedded_view(metadata):
@@ -182,44 +277,101 @@ def _check_session(metadata: dict, session: ort.InferenceSession, embedded: str 
     return problems
 
 
-def load_model(version_dir: Path, device: str = "auto", threads: int = 1) -> LoadedModel:
-    """Load, verify and warm up one version; raise LoadError saying why it cannot be served."""
-    started = time.perf_counter()
-    version_dir = Path(version_dir)
+def _nnserve_metadata(version_dir: Path, filename: str) -> dict | None:
+    """nnserve's metadata.json when the version has one (else None); raise LoadError when it is unreadable."""
+    if not (version_dir / artifact.METADATA_FILENAME).exists():
+        return None
     try:
         metadata = artifact.read_metadata(version_dir)
     except artifact.MetadataError as exc:
         raise LoadError("; ".join(exc.problems)) from None
+    if filename not in metadata["files"]:
+        raise LoadError(f"metadata.json: files has no entry for {filename}")
+    return metadata
+
+
+def _embedded_metadata(facts: onnxfile.ModelFacts) -> dict | None:
+    """The metadata nnserve's exporter embeds in the file, for a version without metadata.json; None if absent."""
+    embedded = facts.metadata.get(artifact.METADATA_PROP)
+    if embedded is None:
+        return None
     try:
-        data = (version_dir / artifact.MODEL_FILENAME).read_bytes()
+        return artifact.check_metadata(json.loads(embedded), f"model.onnx: embedded '{artifact.METADATA_PROP}'")
+    except ValueError as exc:  # JSONDecodeError or MetadataError
+        raise LoadError(str(exc)[:500]) from None
+
+
+def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config_fields: dict | None = None,
+               default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_version_policy: dict | None = None,
+               max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
+    """Load, verify and warm up one version; raise LoadError saying why it cannot be served.
+
+    `config_fields` is the parsed config.pbtxt of the model (read from the model folder when not given)."""
+    started = time.perf_counter()
+    version_dir = Path(version_dir)
+    model_dir = version_dir.parent
+    try:
+        if config_fields is None:
+            config_fields = read_config(model_dir)
+        filename = modelconfig.default_filename(config_fields)
+    except ConfigError as exc:
+        raise LoadError(str(exc)) from None
+    metadata = _nnserve_metadata(version_dir, filename)
+    path = version_dir / filename
+    try:
+        data = path.read_bytes()
     except OSError as exc:
-        raise LoadError(artifact.unreadable(artifact.MODEL_FILENAME, exc)) from None
-    problems = artifact.verify_model_bytes(metadata, data)
+        raise LoadError(artifact.unreadable(filename, exc)) from None
+    if not data:
+        raise LoadError(f"{filename}: the file is empty")
+    if metadata is not None:
+        problems = artifact.verify_model_bytes(metadata, data, filename)
+        if problems:
+            raise LoadError("; ".join(problems))
+    try:
+        facts = onnxfile.inspect(data)
+    except onnxfile.InvalidModelFile as exc:
+        raise LoadError(f"{filename}: not a valid ONNX model: protobuf parsing failed ({exc})") from None
+    problems = onnxfile.unsafe_external_data(facts, version_dir)
     if problems:
-        raise LoadError("; ".join(problems))
+        raise LoadError(f"{filename}: " + "; ".join(problems))
+    if facts.tensor_bytes > max_model_bytes:
+        raise LoadError(f"{filename}: its stored tensors declare {facts.tensor_bytes} bytes, more than the limit of "
+                        f"{max_model_bytes} (NNSERVE_MAX_MODEL_BYTES)")
+    if metadata is None:
+        metadata = _embedded_metadata(facts)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     providers = select_providers(device)
-    try:
-        session = ort.InferenceSession(data, sess_options=options, providers=providers)
+    try:  # from the path when weights live beside it (checked above), else from the bytes already read
+        session = ort.InferenceSession(str(path) if facts.external else data, sess_options=options,
+                                       providers=providers)
     except Exception as exc:  # ORT raises several types for a bad graph
-        raise LoadError(f"ONNX Runtime cannot load {artifact.MODEL_FILENAME}: {str(exc)[:300]}") from None
+        message = str(exc).replace(str(version_dir), "<version>")[:300]
+        raise LoadError(f"ONNX Runtime cannot load {filename}: {message}") from None
     active = session.get_providers()
     if device == "cuda" and PROVIDERS["cuda"] not in active:
         # ONNX Runtime falls back to CPU silently when CUDA libraries are missing.
         raise LoadError(f"device 'cuda' was asked for but ONNX Runtime runs on {active}")
-    problems = _check_session(metadata, session, session.get_modelmeta().custom_metadata_map.get(
-        artifact.METADATA_PROP))
-    if problems:
-        raise LoadError("; ".join(problems))
-    model = LoadedModel(metadata["name"], metadata["version"], metadata, session, active[0],
-                        load_seconds=0.0)
+    inputs = [GraphTensor.of(n) for n in session.get_inputs()]
+    outputs = [GraphTensor.of(n) for n in session.get_outputs()]
+    if metadata is not None:
+        problems = _check_metadata(metadata, inputs, outputs, facts.metadata.get(artifact.METADATA_PROP))
+        if problems:
+            raise LoadError("; ".join(problems))
     try:
-        model.run(_warmup_feed(metadata))
-    except InferenceFailed as exc:
-        raise LoadError(f"warm-up inference failed: {exc.__cause__}") from None
+        config = modelconfig.complete(config_fields, model_dir.name, inputs, outputs, default_max_batch_size,
+                                      default_version_policy)
+    except ConfigError as exc:
+        raise LoadError(str(exc)) from None
+    model = LoadedModel(model_dir.name, int(version_dir.name), config, session, active[0], 0.0, metadata or {})
+    for feed in _warmup_feeds(model, model_dir):
+        try:
+            model.run(feed)
+        except InferenceFailed as exc:
+            raise LoadError(f"warm-up inference failed: {str(exc.__cause__)[:300]}") from None
     model.load_seconds = time.perf_counter() - started
     log.info("loaded %s version %s on %s in %.3fs", model.name, model.version, model.provider,
              model.load_seconds)

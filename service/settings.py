@@ -30,7 +30,8 @@ class Settings:
     """Everything the service can be told. Field docs are the settings' documentation."""
 
     models: Path = Path("models")
-    """Model repository: <models>/<name>/<version>/{model.onnx,metadata.json}."""
+    """Model repository in Triton's layout: <models>/<name>/[config.pbtxt] and <models>/<name>/<version>/model.onnx
+    (with nnserve's optional metadata.json beside it)."""
     host: str = "127.0.0.1"
     """Address to listen on."""
     port: int = 8080
@@ -42,13 +43,21 @@ class Settings:
     threads: int = 8
     """Request threads per worker (granian's blocking threads, gunicorn's gthread threads)."""
     version_policy: str = "all"
-    """Which versions to serve: 'all', or 'latest[:N]' (the N highest, default 1); requests without a version get
-    the highest. 'all' by default, so that a freshly published version serves beside the one before it."""
+    """Which versions to serve of a model whose config.pbtxt has no version_policy: 'all', or 'latest[:N]' (the N
+    highest, default 1); requests without a version get the highest. 'all' by default (Triton's is 'latest'), so
+    that a freshly published version serves beside the one before it."""
     max_body_bytes: int = 16 * 1024 * 1024
     """Largest request body accepted; bigger bodies get 413."""
     max_batch_size: str = "256"
-    """Largest batch one request may carry: a number for every model, then optional per-model overrides,
-    e.g. '256,digits-cnn=64,co2-lstm=32' (256 is the max_batch_size of the config.pbtxt that export writes)."""
+    """The operator's cap on the batch one request may carry, below each model's own max_batch_size: a number for
+    every model, then optional per-model overrides, e.g. '256,digits-cnn=64,co2-lstm=32' (256 is the
+    max_batch_size of the config.pbtxt that export writes)."""
+    default_max_batch_size: int = 4
+    """The max_batch_size auto-complete gives a model that can batch when its config.pbtxt gives none (Triton's
+    default-max-batch-size)."""
+    max_model_bytes: int = 4 << 30
+    """Largest size a model's stored tensors (initializers, in the file or as external data) may declare; a
+    larger model is refused before ONNX Runtime allocates anything."""
     dynamic_batching: bool = True
     """Batch concurrent requests per model version as its config.pbtxt's dynamic_batching block says (off: every
     request runs on its own)."""
@@ -86,7 +95,7 @@ class Settings:
         if self.poll_seconds < 0:
             raise ValueError(f"poll_seconds: expected 0 or more, got {self.poll_seconds}")
         self._parse_batch_limits()
-        for name in ("port", "threads", "max_body_bytes"):
+        for name in ("port", "threads", "max_body_bytes", "default_max_batch_size", "max_model_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 
@@ -99,6 +108,11 @@ class Settings:
         if kind == "latest" and (n == "" or (n.isdigit() and int(n) > 0)):
             return int(n or 1)  # plain 'latest' is Triton's default policy: the single highest version
         raise ValueError(f"version_policy: expected 'all', 'latest' or 'latest:N' with N >= 1, got {policy!r}")
+
+    def version_policy_config(self) -> dict:
+        """The version policy setting as config.pbtxt's version_policy block."""
+        count = self.parse_version_policy()
+        return {"all": {}} if count is None else {"latest": {"num_versions": count}}
 
     def batch_limit(self, model: str) -> int:
         """The largest batch one request to `model` may carry."""

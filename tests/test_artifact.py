@@ -133,11 +133,10 @@ def test_leftover_tmp_folder_is_ignored_then_cleaned(tmp_path):
     assert not stale.exists()
 
 
-def test_read_metadata_checks_folder_agreement(tmp_path):
+def test_read_metadata_takes_the_folder_as_the_version_and_the_recorded_one_as_provenance(tmp_path):
     artifact.publish_version(tmp_path, "tiny", build_files)
-    os.rename(tmp_path / "tiny" / "1", tmp_path / "tiny" / "7")
-    with pytest.raises(artifact.MetadataError, match="version: 1 does not match its folder '7'"):
-        artifact.read_metadata(tmp_path / "tiny" / "7")
+    os.rename(tmp_path / "tiny" / "1", tmp_path / "tiny" / "7")  # a version folder renamed by hand, as in Triton
+    assert artifact.read_metadata(tmp_path / "tiny" / "7")["version"] == 1
     (tmp_path / "tiny" / "7" / "metadata.json").write_text("{not json")
     with pytest.raises(artifact.MetadataError, match="not valid JSON"):
         artifact.read_metadata(tmp_path / "tiny" / "7")

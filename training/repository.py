@@ -1,8 +1,9 @@
 """The model repository from training's side: model cards, Triton's config.pbtxt, and `check`.
 
-`check` validates a repository the way the service will read it and more strictly: schema, files and their
-hashes, the embedded metadata against metadata.json, that ONNX Runtime loads the graph with the declared
-tensors, and that no half-written version is lying around.
+`check` validates any repository the way the service will read it, foreign models included (config.pbtxt
+auto-completed and checked against the graph, the file's safety, warm-up), and nnserve's own artifacts more
+strictly: schema, files and their hashes, the embedded metadata against metadata.json, the config.pbtxt export
+wrote, and that no half-written version is lying around.
 """
 
 from __future__ import annotations
@@ -103,11 +104,25 @@ def model_card(meta: dict, plots: list[str], examples: list) -> str:
     return "\n".join(lines)
 
 
+def _serve_problems(version_dir: Path) -> list[str]:
+    """What the service says when it loads the version (config.pbtxt auto-completed and checked, warm-up run)."""
+    from service.runtime import LoadError, load_model
+
+    try:
+        load_model(version_dir, device="cpu")
+    except LoadError as exc:
+        return [str(exc)]
+    return []
+
+
 def check_version(version_dir: Path) -> list[str]:
-    """Every problem of one published version, each naming the file and what is wrong."""
+    """Every problem of one published version, each naming the file and what is wrong. A version without nnserve's
+    metadata.json (a model from elsewhere) is checked as the service loads it."""
     import onnx
     import onnxruntime as ort
 
+    if not (version_dir / artifact.METADATA_FILENAME).exists():
+        return _serve_problems(version_dir)
     try:
         meta = artifact.read_metadata(version_dir)
     except artifact.MetadataError as exc:
@@ -139,7 +154,7 @@ def check_version(version_dir: Path) -> list[str]:
         if [t["name"] for t in specs] != [n.name for n in nodes]:
             problems.append(f"{kind}: metadata lists {[t['name'] for t in specs]}, the graph has "
                             f"{[n.name for n in nodes]}")
-    return problems
+    return problems or _serve_problems(version_dir)
 
 
 def check_repository(repo: Path) -> list[str]:
@@ -166,7 +181,7 @@ def check_repository(repo: Path) -> list[str]:
                 problems.append(f"{entry.name}/{child.name}: not a version number, the service ignores it")
         for version in versions:
             problems += [f"{entry.name}/{version}: {p}" for p in check_version(model_dir / str(version))]
-        if versions:
+        if versions and (model_dir / str(versions[-1]) / artifact.METADATA_FILENAME).exists():  # nnserve's own
             config = model_dir / TRITON_CONFIG
             try:
                 latest = artifact.read_metadata(model_dir / str(versions[-1]))

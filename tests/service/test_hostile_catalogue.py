@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import re
 import site
 import struct
 import sys
@@ -211,8 +213,10 @@ case("lone surrogate in the name", body().replace(b'"name": "input"', b'"name": 
 for value in ("1,64", None, {}, [1.0, 64], [True, 64], ["1", 64], [-1, 64], [1, -64], 64):
     case(f"shape={value!r}", body([good_input(shape=value)]), 400,
          "input 'input'.shape: expected a list of at most 8 non-negative integers")
-for value in (5, ["FP32"], "fp32", "BYTES", "FLOAT32", None):
+for value in (5, ["FP32"], "fp32", "FLOAT32", "STRING", None):
     case(f"datatype={value!r}", body([good_input(datatype=value)]), 400, "input 'input'.datatype: expected one of")
+case("datatype BYTES for an FP32 input", body([good_input(datatype="BYTES")]), 400,
+     "input 'input': expected datatype FP32, got BYTES")
 for value in ("abc", {"a": 1}, 5, None, True):
     case(f"data={value!r}", body([good_input(data=value)]), 400,
          f"input 'input'.data: expected a list of numbers, got {type(value).__name__}")
@@ -269,8 +273,14 @@ binary_case("binary FP32 NaN", {"inputs": [binary_input(256)]}, NAN_ROW, 400,
             "input 'input': values must be finite, found nan at flat index 0")
 binary_case("binary FP32 Inf", {"inputs": [binary_input(256)]}, INF_ROW, 400,
             "input 'input': values must be finite, found inf at flat index 63")
-case("finite inputs, infinite outputs", body([tensor([1, 10], [3e38] * 10)]), 400, "non-finite values",
-     path="/v2/models/diabetes-mlp/infer")
+def non_finite_as_literal(headers: dict, data: bytes) -> None:
+    """The request was valid: the model's NaN or Infinity is answered, written as the literal Python's json reads."""
+    value = json.loads(data)["outputs"][0]["data"][0]
+    assert not math.isfinite(value) and re.search(rb'"data":\[(NaN|-?Infinity)\]', data), data[:300]
+
+
+case("finite inputs, infinite outputs", body([tensor([1, 10], [3e38] * 10)]), 200,
+     path="/v2/models/diabetes-mlp/infer", check=non_finite_as_literal)
 
 # -- strings and booleans where numbers belong ---------------------------------------------------------------------
 case("a string among numbers", body([good_input(data=["1"] + PIXELS[1:])]), 400,
@@ -334,10 +344,10 @@ case("gzip of booleans as FP32", gzip.compress(body([good_input(data=[True] * 64
 
 # -- model names and versions in the path --------------------------------------------------------------------------
 NAMES = {  # path segment -> what the answer says
-    "..": "unknown model '..'", "%2e%2e": "unknown model '..'", ".hidden": "unknown model '.hidden'",
-    "a%00b": "unknown model 'a\x00b'", "%00": "unknown model '\x00'", "digits-mlp%00": "unknown model 'digits-mlp\x00'",
-    "a%5Cb": "unknown model 'a\\b'", "x" * 10_000: "unknown model '" + "x" * 128 + "'",
-    "d%C3%A9": "unknown model 'dé'",  # percent-encoded UTF-8 is decoded as such
+    "..": "unknown model: '..'", "%2e%2e": "unknown model: '..'", ".hidden": "unknown model: '.hidden'",
+    "a%00b": "unknown model: 'a\x00b'", "%00": "unknown model: '\x00'", "digits-mlp%00": "unknown model: 'digits-mlp\x00'",
+    "a%5Cb": "unknown model: 'a\\b'", "x" * 10_000: "unknown model: '" + "x" * 128 + "'",
+    "d%C3%A9": "unknown model: 'dé'",  # percent-encoded UTF-8 is decoded as such
     "..%2F..%2Fetc": "no such endpoint", "a%2Fb": "no such endpoint", "%2F": "no such endpoint",
     "%2e%2e%2fdigits-mlp": "no such endpoint", "%2Fetc%2Fpasswd": "no such endpoint",
     "digits-mlp%2F..%2Fdigits-mlp": "no such endpoint",
@@ -354,7 +364,7 @@ for version in ("-1", "0", "01", "abc", "1.0", "99999999999", "%00", "1%20"):
              "model version must be a positive integer", method=method,
              path=f"/v2/models/digits-mlp/versions/{version}{suffix}")
 case("version 1%2F..%2F2", body(), 404, "no such endpoint", path="/v2/models/digits-mlp/versions/1%2F..%2F2/infer")
-case("version 7 (absent)", body(), 404, "model 'digits-mlp' has no version '7'", path="/v2/models/digits-mlp/versions/7/infer")
+case("version 7 (absent)", body(), 404, "Request for unknown model: 'digits-mlp' version 7 is not found", path="/v2/models/digits-mlp/versions/7/infer")
 
 # -- other endpoints' bodies ---------------------------------------------------------------------------------------
 case("/v1: 100,000 nested lists", deep(100_000), 400, "request body is not valid JSON", path="/v1/models/digits-mlp:predict")

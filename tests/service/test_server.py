@@ -111,9 +111,9 @@ BAD_REQUESTS = [
      ["input 'input'", "batch size 300 exceeds the maximum of 256"]),
     ("unknown output", "/v2/models/digits-mlp/infer",
      {**_request([1, 64], [0.0] * 64), "outputs": [{"name": "logits"}]}, 400, ["unknown output 'logits'"]),
-    ("unknown model", "/v2/models/nope/infer", _request([1, 64], [0.0] * 64), 404, ["unknown model 'nope'"]),
+    ("unknown model", "/v2/models/nope/infer", _request([1, 64], [0.0] * 64), 404, ["Request for unknown model: 'nope' is not found"]),
     ("unknown version", "/v2/models/digits-mlp/versions/9/infer", _request([1, 64], [0.0] * 64), 404,
-     ["model 'digits-mlp' has no version '9'", "available versions: ['1', '2']"]),
+     ["Request for unknown model: 'digits-mlp' version 9 is not found", "available versions: ['1', '2']"]),
     ("non-integer version", "/v2/models/digits-mlp/versions/latest/infer", _request([1, 64], [0.0] * 64), 400,
      ["version must be a positive integer", "'latest'"]),
 ]
@@ -165,9 +165,9 @@ def test_oversized_content_length_is_413_before_the_body(server):
 @pytest.mark.parametrize("method, path, status, fragment", [
     ("GET", "/no/such/path", 404, "no such endpoint: GET /no/such/path"),
     ("GET", "/v2/models/digits-mlp/infer", 405, "method GET is not allowed"),
-    ("GET", "/v2/models/nope", 404, "unknown model 'nope'"),
-    ("GET", "/v2/models/nope/ready", 404, "unknown model 'nope'"),
-    ("GET", "/v2/models/digits-mlp/versions/3", 404, "has no version '3'"),
+    ("GET", "/v2/models/nope", 404, "Request for unknown model: 'nope' is not found"),
+    ("GET", "/v2/models/nope/ready", 404, "Request for unknown model: 'nope' is not found"),
+    ("GET", "/v2/models/digits-mlp/versions/3", 404, "'digits-mlp' version 3 is not found"),
 ])
 def test_http_errors_are_json(server, method, path, status, fragment):
     got, headers, body = server.request(method, path)

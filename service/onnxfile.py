@@ -1,0 +1,151 @@
+"""What a model file declares, read before ONNX Runtime sees it: an ONNX file is untrusted input.
+
+A small reader of the protobuf wire format (the serving install has no `onnx` package) walks ModelProto for
+its metadata_props, the tensors it stores (initializers, sparse initializers and Constant attributes, in every
+subgraph), how many bytes they declare, and where their external data lives. The service refuses external data
+outside the version folder and models over its memory limit before any session allocates anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# TensorProto.DataType -> bytes per element (strings count 0: their size is the data itself)
+ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 8: 0, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16,
+                 16: 2, 17: 1, 18: 1, 19: 1, 20: 1, 21: 1, 22: 1, 23: 1}
+MAX_DEPTH = 32  # nested subgraphs (If, Loop, Scan); deeper is refused rather than recursed into
+
+
+class InvalidModelFile(ValueError):
+    """The bytes are not a readable ONNX ModelProto."""
+
+
+@dataclass
+class ModelFacts:
+    metadata: dict[str, str] = field(default_factory=dict)  # metadata_props
+    tensor_bytes: int = 0  # what the stored tensors declare (dims x element size), in the file or outside
+    external: list[str] = field(default_factory=list)  # external data locations, as written
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise InvalidModelFile("a varint runs past the end")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: memoryview):
+    """(field number, wire type, value) of one message: ints for varints, memoryviews for the rest."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = data[pos:pos + size], pos + size
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise InvalidModelFile(f"field {number} is {size} bytes long, past the end of its message")
+            value, pos = data[pos:pos + size], pos + size
+        else:
+            raise InvalidModelFile(f"field {number} has wire type {wire}, which ONNX does not use")
+        yield number, wire, value
+
+
+def _tensor(data: memoryview, facts: ModelFacts) -> None:
+    dims, data_type, external = [], 1, {}
+    for number, wire, value in _fields(data):
+        if number == 1:
+            if wire == 2:  # packed
+                pos = 0
+                while pos < len(value):
+                    d, pos = _varint(value, pos)
+                    dims.append(d)
+            else:
+                dims.append(value)
+        elif number == 2 and wire == 0:
+            data_type = value
+        elif number == 13 and wire == 2:
+            entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
+            external[entry.get(1, "")] = entry.get(2, "")
+    count = math.prod(d if d < 1 << 62 else 1 << 62 for d in dims)
+    facts.tensor_bytes += count * ELEMENT_BYTES.get(data_type, 8)
+    if "location" in external:
+        facts.external.append(external["location"])
+
+
+def _graph(data: memoryview, facts: ModelFacts, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidModelFile(f"subgraphs nested more than {MAX_DEPTH} deep")
+    for number, wire, value in _fields(data):
+        if wire != 2:
+            continue
+        if number == 5:  # initializer
+            _tensor(value, facts)
+        elif number == 15:  # sparse_initializer: values, indices
+            for n, w, v in _fields(value):
+                if n in (1, 2) and w == 2:
+                    _tensor(v, facts)
+        elif number == 1:  # node -> attribute
+            for n, w, attribute in _fields(value):
+                if n == 5 and w == 2:
+                    _attribute(attribute, facts, depth)
+
+
+def _attribute(data: memoryview, facts: ModelFacts, depth: int) -> None:
+    for number, wire, value in _fields(data):
+        if wire != 2:
+            continue
+        if number in (5, 10):  # t, tensors
+            _tensor(value, facts)
+        elif number in (6, 11):  # g, graphs
+            _graph(value, facts, depth + 1)
+
+
+def inspect(data: bytes) -> ModelFacts:
+    """The facts of a serialized ModelProto; raise InvalidModelFile when it cannot be read."""
+    facts = ModelFacts()
+    view = memoryview(data)
+    saw_graph = False
+    for number, wire, value in _fields(view):
+        if number == 7 and wire == 2:
+            saw_graph = True
+            _graph(value, facts, 0)
+        elif number == 14 and wire == 2:
+            entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
+            facts.metadata[entry.get(1, "")] = entry.get(2, "")
+    if not saw_graph:
+        raise InvalidModelFile("it holds no graph")
+    return facts
+
+
+def unsafe_external_data(facts: ModelFacts, version_dir: Path) -> list[str]:
+    """Every external data location that is not a regular file inside `version_dir` (no '..', no absolute path,
+    no symbolic link anywhere on the way), each with the reason."""
+    problems = []
+    root = os.path.realpath(version_dir)
+    for location in sorted(set(facts.external)):
+        parts = location.replace("\\", "/").split("/")
+        if not location or location.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+            problems.append(f"external data '{location[:100]}' points outside the version folder")
+            continue
+        path = Path(version_dir, *parts)
+        walk = [Path(version_dir, *parts[:i + 1]) for i in range(len(parts))]
+        if any(p.is_symlink() for p in walk) or os.path.commonpath([root, os.path.realpath(path)]) != root:
+            problems.append(f"external data '{location[:100]}' is a symbolic link; only regular files inside the "
+                            "version folder are read")
+        elif not path.is_file():
+            problems.append(f"external data '{location[:100]}' is missing from the version folder")
+    return problems
