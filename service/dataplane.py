@@ -124,11 +124,14 @@ class DataPlane:
         bound = timing["metrics"]
         if model.batcher is not None:  # the batch's runner records its size and compute time
             values, started = model.batcher.run(model, feed, outputs)
+            ran = time.perf_counter()
         else:
             started = time.perf_counter()
             values = model.run(feed, outputs)
-            bound.observe_run(batch_size_of(feed), time.perf_counter() - started)
-        timing["started"], timing["ran"] = started, time.perf_counter()
+            ran = time.perf_counter()
+            timing["samples"] = samples = batch_size_of(feed)
+            bound.observe_run(samples, ran - started)
+        timing["started"], timing["ran"] = started, ran
         bound.queue_duration.observe(started - timing["start"])
         return values
 
@@ -152,15 +155,10 @@ class DataPlane:
             bound.request_duration.observe(end - start)
             bound.outcomes[outcome].inc()
             if outcome == "success":  # Triton's phases: decode and check, wait, run, encode
-                decoded, started, ran = timing["decoded"], timing["started"], timing["ran"]
-                bound.stats.success(_ns(end - start), _ns(decoded - start), _ns(started - decoded),
-                                    _ns(ran - started), _ns(timing["encoded"] - ran))
+                bound.stats.success(start, timing["decoded"], timing["started"], timing["ran"], timing["encoded"],
+                                    end, timing.get("samples", 0))
             else:
-                bound.stats.failure(_ns(end - start))
-
-
-def _ns(seconds: float) -> int:
-    return max(0, int(seconds * 1e9))
+                bound.stats.failure(start, end)
 
 
 def instances_request(model: LoadedModel, body: bytes) -> InferRequest:

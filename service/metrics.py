@@ -86,4 +86,9 @@ class ModelMetrics:
         """One ONNX Runtime execution: its batch size and duration."""
         self.batch_size.observe(samples)
         self.compute_duration.observe(seconds)
+
+    def observe_batch(self, samples: int, seconds: float) -> None:
+        """One run of the dynamic batcher: observe_run, and the statistics extension's execution counts (a request
+        that runs alone counts its execution with its success)."""
+        self.observe_run(samples, seconds)
         self.stats.execution(samples)

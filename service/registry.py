@@ -149,7 +149,7 @@ class ModelRegistry:
             block = model.config.dynamic_batching
             if settings.dynamic_batching and block is not None and model.batching:
                 model.batcher = Batcher(batching_config(block, model.max_batch_size),
-                                        self.metrics.for_model(name, str(version)).observe_run)
+                                        self.metrics.for_model(name, str(version)).observe_batch)
             if model.config.ignored:
                 log.info("%s: config.pbtxt's %s mean something only to Triton and are ignored", name,
                          ", ".join(model.config.ignored))

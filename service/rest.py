@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, request
 from service.dataplane import DataPlane
 from service.errors import BadRequest, Forbidden, Unauthorized
 from service.fastpath import infer_http
-from service.protocol import PARAMETER_TYPES, brief, decompress
+from service.protocol import HEADER_LENGTH, PARAMETER_TYPES, brief, decompress
 
 bp = Blueprint("v2", __name__)
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
@@ -76,7 +76,8 @@ def infer(name: str, version: str | None = None):
     """Reached only where the fast path passes (no Content-Length and not chunked, or a body over the limit,
     which get_data refuses with 413): the same handler."""
     payload, headers, model = infer_http(_plane(), name, version, request.get_data(cache=False),
-                                         request.headers.get)
+                                         request.headers.get(HEADER_LENGTH), request.headers.get("Content-Encoding"),
+                                         request.headers.get("Accept-Encoding"))
     _note_model(model)
     response = Response(payload)
     for key, value in headers:

@@ -183,10 +183,11 @@ class LoadedModel:
             raise InferenceFailed(f"inference failed for model '{self.name}' version {self.version}: "
                                   f"{type(exc).__name__}") from exc
         result = dict(zip(names, values))
-        for name, dims in self.output_reshapes.items():
-            if name in result:
-                value = result[name]
-                result[name] = value.reshape(([value.shape[0]] if self.batching and value.ndim else []) + dims)
+        if self.output_reshapes:
+            for name, dims in self.output_reshapes.items():
+                if name in result:
+                    value = result[name]
+                    result[name] = value.reshape(([value.shape[0]] if self.batching and value.ndim else []) + dims)
         return result
 
 

@@ -148,7 +148,7 @@ def test_server_metadata_advertises_the_extensions_and_unknown_models_get_triton
 
 def _worker_counts(state: Path, name: str) -> dict[str, int]:
     """Successful requests of version 1 of `name`, by worker pid, from the workers' statistics files."""
-    return {path.parts[-3]: int(np.frombuffer(path.read_bytes(), dtype=np.int64)[0])
+    return {path.parts[-3]: int(np.frombuffer(path.read_bytes(), dtype=np.float64)[0])
             for path in state.glob(f"stats/*/{name}/1")}
 
 
@@ -456,3 +456,18 @@ def test_classification_and_predict_work_for_a_foreign_model(tmp_path):
     predicted = client.post("/v1/models/skl-wine-pipeline:predict", json={"instances": [
         {"level": [str(level[0, 0])], "measures": measures[0].tolist()}]}).get_json()
     assert predicted["predictions"][0]["label"] == [str(fm.expected_outputs(BY_NAME["skl-wine-pipeline"])["label"][0])]
+
+
+def test_check_validates_a_repository_of_models_from_elsewhere(tmp_path):
+    from training.repository import check_repository
+
+    for model in CORPUS:
+        fm.write_model(tmp_path, model)
+    assert check_repository(tmp_path) == []
+    (tmp_path / "no-batch-dim" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    (tmp_path / "empty" / "1").mkdir(parents=True)
+    (tmp_path / "empty" / "1" / "model.onnx").write_bytes(b"")
+    assert check_repository(tmp_path) == [
+        "empty/1: model.onnx: the file is empty",
+        "no-batch-dim/1: autofill failed for model 'no-batch-dim': model does not support batching while non-zero "
+        "max_batch_size is specified"]
