@@ -27,7 +27,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -57,19 +56,6 @@ def batching_config(block: dict, max_batch_size: int) -> BatchingConfig:
                           max_queue_delay_us=block.get("max_queue_delay_microseconds", 0),
                           preferred_batch_sizes=tuple(sorted({p for p in preferred if 0 < p <= max_batch_size})),
                           max_queue_size=block.get("default_queue_policy", {}).get("max_queue_size", 0))
-
-
-def parse_config(path: Path, max_batch_size: int) -> BatchingConfig | None:
-    """The dynamic_batching block of a Triton config.pbtxt, or None when the file or the block is absent."""
-    from service.modelconfig import dynamic_batching, read_config
-
-    fields = read_config(Path(path).parent) if Path(path).name == "config.pbtxt" else None
-    if fields is None and Path(path).exists():
-        from service.modelconfig import parse_pbtxt
-
-        fields = parse_pbtxt(Path(path).read_text())
-    block = dynamic_batching(fields or {})
-    return None if block is None else batching_config(block, max_batch_size)
 
 
 class _Request:

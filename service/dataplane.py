@@ -12,12 +12,12 @@ from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
 from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
-                              decode_infer_request, dumps, dumps_nonfinite, encode_infer_response)
+                              decode_infer_request, dumps, dumps_nonfinite, encode_infer_response, only_strings)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
 
-MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times max_batch_size: a request's element cap
+MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times the --max-batch-size cap: a request's element cap
 # Triton's names of the extensions implemented (and only those)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 
@@ -46,7 +46,7 @@ class DataPlane:
     def model_config(self, name: str, version: str | None) -> dict:
         """The model configuration extension: Triton's JSON form, nnserve's own fields under parameters."""
         model = self.registry.get(name, version)
-        return model.config.to_json(model.nnserve_parameters())
+        return model.config.to_json(model.nnserve_parameters(), gpu=model.provider == "CUDAExecutionProvider")
 
     def model_statistics(self, name: str | None, version: str | None) -> dict:
         """The statistics extension: every ready version, or one model's, summed over all worker processes."""
@@ -85,9 +85,9 @@ class DataPlane:
         """Run one V2 inference request; return the response body, its binary header length, and the model."""
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
-            limit = model.max_batch_size
-            request = decode_infer_request(body, header_length, max(1, limit) * MAX_SAMPLE_ELEMENTS)
-            feed = model.check_request(request, limit)
+            request = decode_infer_request(body, header_length, self.settings.batch_limit(model.name) *
+                                           MAX_SAMPLE_ELEMENTS)
+            feed = model.check_request(request, model.max_batch_size)
             timing["decoded"] = time.perf_counter()
             if request.outputs is None:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
@@ -202,7 +202,8 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
         kinds = {"BYTES": "U", "BOOL": "b"}.get(spec["datatype"], "iu" if spec["datatype"][0] in "IU" else "iuf")
         if array.dtype.kind not in kinds or (array.dtype.kind in "iuf" and array.size and contains_bool(
-                columns[spec["name"]], array.ndim)):  # [true, 0] reads as [1, 0]
+                columns[spec["name"]], array.ndim)) or (  # [true, 0] reads as [1, 0]
+                array.dtype.kind == "U" and not only_strings(columns[spec["name"]], array.ndim)):  # ["a", 1] too
             problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
             inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
             continue

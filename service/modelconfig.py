@@ -34,7 +34,6 @@ DATA_TYPES = {
     "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64",
     "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16",
 }
-TRITON_TYPES = {v: k for k, v in DATA_TYPES.items()}
 ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL", "tensor(uint8)": "TYPE_UINT8", "tensor(uint16)": "TYPE_UINT16",
     "tensor(uint32)": "TYPE_UINT32", "tensor(uint64)": "TYPE_UINT64", "tensor(int8)": "TYPE_INT8",
@@ -45,7 +44,7 @@ ORT_TYPES = {
 SERVED_TYPES = set(DATA_TYPES) - {"TYPE_BF16"}  # numpy has no bfloat16: such a model is refused with a reason
 
 # ModelConfig's fields (model_config.proto). Honoured ones are read below; these mean something only to Triton's
-# own scheduling or hardware, and are kept in the JSON but do not change how nnserve runs the model.
+# own scheduling or hardware: they are accepted, said once in the log, and left out of the JSON form.
 IGNORED_FIELDS = ("instance_group", "optimization", "cc_model_filenames", "metric_tags", "model_repository_agent",
                   "response_cache", "model_operations", "model_transaction_policy", "runtime")
 UNSUPPORTED_FIELDS = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
@@ -54,7 +53,8 @@ HONOURED_FIELDS = ("name", "platform", "backend", "version_policy", "max_batch_s
 KNOWN_FIELDS = set(HONOURED_FIELDS + IGNORED_FIELDS + UNSUPPORTED_FIELDS)
 TENSOR_FIELDS = {"name", "data_type", "format", "dims", "reshape", "is_shape_tensor", "allow_ragged_batch",
                  "optional", "label_filename", "is_non_linear_format_io"}
-MAX_WARMUP_ELEMENTS = 1 << 22
+MAX_WARMUP_ELEMENTS = 1 << 22  # elements of one warm-up input
+MAX_WARMUP_RUNS = 1000  # batch_size and count of one model_warmup sample
 
 
 class ConfigError(ValueError):
@@ -62,17 +62,34 @@ class ConfigError(ValueError):
 
 
 # -- protobuf text format --------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"""\s*(?:\#[^\n]*(?:\n|\Z)\s*)*(?:
+_SPACE = re.compile(r"(?:\s+|#[^\n]*)*")  # white space and comments
+_TOKEN = re.compile(r"""
     (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)[fF]?(?![A-Za-z0-9_]))
   | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
-  | (?P<number>[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)[fF]?)
   | (?P<punct>[{}\[\]<>:,;])
-)""", re.VERBOSE)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\"}
+""", re.VERBOSE)
+_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v"}
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
+MAX_NESTING = 32  # message depth; deeper config.pbtxt text is refused rather than recursed into
 
 
 def _unquote(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+    """A quoted protobuf string: C escapes, octal and hex bytes (TextFormat writes non-ASCII as octal), UTF-8."""
+    out, pos = bytearray(), 0
+    body = text[1:-1]
+    for match in _ESCAPE.finditer(body):
+        out += body[pos:match.start()].encode("utf-8")
+        code = match.group(1)
+        if code[0] == "x":
+            out.append(int(code[1:], 16))
+        elif code[0] in "01234567":
+            out.append(int(code, 8) & 0xFF)
+        else:
+            out += _ESCAPES.get(code, code.encode("utf-8"))
+        pos = match.end()
+    out += body[pos:].encode("utf-8")
+    return out.decode("utf-8", "replace")
 
 
 class _Parser:
@@ -80,24 +97,22 @@ class _Parser:
 
     def __init__(self, text: str):
         self.tokens: list[tuple[str, Any]] = []
-        pos = 0
-        while True:
+        pos = _SPACE.match(text).end()
+        while pos < len(text):
             match = _TOKEN.match(text, pos)
-            if not match or match.end() == pos:
-                rest = text[pos:].strip()
-                if rest and not rest.startswith("#"):
-                    line = text.count("\n", 0, pos + len(text[pos:]) - len(text[pos:].lstrip())) + 1
-                    raise ConfigError(f"config.pbtxt: line {line}: cannot read {rest[:20]!r}")
-                break
-            pos = match.end()
+            if not match:
+                line = text.count("\n", 0, pos) + 1
+                raise ConfigError(f"config.pbtxt: line {line}: cannot read {text[pos:pos + 20]!r}")
             kind = match.lastgroup
             value = match.group(kind)
             if kind == "string":
                 value = _unquote(value)
             elif kind == "number":
-                value = float(value.rstrip("fF")) if re.search(r"[.eE]", value) else int(value)
+                value = float(value.rstrip("fF")) if re.search(r"[.eEfF]", value) else int(value)
             self.tokens.append((kind, value))
+            pos = _SPACE.match(text, match.end()).end()
         self.at = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, Any]:
         return self.tokens[self.at] if self.at < len(self.tokens) else ("end", None)
@@ -110,11 +125,15 @@ class _Parser:
         return token
 
     def message(self, close: str | None) -> dict[str, list]:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ConfigError(f"config.pbtxt: messages nested more than {MAX_NESTING} deep")
         fields: dict[str, list] = {}
         while True:
             kind, value = self.peek()
             if close is not None and (kind, value) == ("punct", close):
                 self.take()
+                self.depth -= 1
                 return fields
             if kind == "end":
                 if close is not None:
@@ -123,8 +142,7 @@ class _Parser:
             if kind != "word":
                 raise ConfigError(f"config.pbtxt: expected a field name, found {value!r}")
             self.take()
-            colon = self.peek() == ("punct", ":")
-            if colon:
+            if self.peek() == ("punct", ":"):
                 self.take()
             values = fields.setdefault(value, [])
             if self.peek() == ("punct", "["):
@@ -202,9 +220,10 @@ class ModelConfig:
     default_model_filename: str = "model.onnx"
     ignored: list[str] = field(default_factory=list)  # fields that mean something only to Triton
 
-    def to_json(self, nnserve_parameters: dict[str, str] | None = None) -> dict:
-        """Triton's JSON form of the configuration (model_config.proto's field names), as tritonclient reads it."""
-        params = {k: {"string_value": v} for k, v in {**self.parameters, **(nnserve_parameters or {})}.items()}
+    def to_json(self, nnserve_parameters: dict[str, str] | None = None, gpu: bool = False) -> dict:
+        """Triton's JSON form of the configuration (model_config.proto's field names), as tritonclient reads it;
+        nnserve's own fields are added to `parameters` where config.pbtxt does not set the same key."""
+        params = {k: {"string_value": v} for k, v in {**(nnserve_parameters or {}), **self.parameters}.items()}
         doc: dict[str, Any] = {
             "name": self.name, "platform": PLATFORM, "backend": BACKEND, "runtime": "",
             "version_policy": self.version_policy,
@@ -215,7 +234,8 @@ class ModelConfig:
         }
         if self.dynamic_batching is not None:
             doc["dynamic_batching"] = _dynamic_batching_json(self.dynamic_batching, self.max_batch_size)
-        doc.update({"instance_group": [{"name": self.name, "kind": "KIND_CPU", "count": 1, "gpus": [],
+        doc.update({"instance_group": [{"name": self.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1,
+                                        "gpus": [0] if gpu else [],
                                         "secondary_devices": [], "profile": [], "passive": False,
                                         "host_policy": ""}],
                     "default_model_filename": self.default_model_filename, "cc_model_filenames": {},
@@ -236,7 +256,9 @@ def _dynamic_batching_json(block: dict, max_batch_size: int) -> dict:
 
 
 # -- reading a config.pbtxt -------------------------------------------------------------------------------------
-def _one(fields: dict, key: str, kind: type | tuple, where: str, default: Any = None) -> Any:
+def _one(fields: Any, key: str, kind: type | tuple, where: str, default: Any = None) -> Any:
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where.rstrip('. ')}: expected a {{ ... }} block, got {fields!r:.60}")
     values = fields.get(key)
     if not values:
         return default
@@ -248,7 +270,9 @@ def _one(fields: dict, key: str, kind: type | tuple, where: str, default: Any = 
     return value
 
 
-def _ints(fields: dict, key: str, where: str) -> list[int]:
+def _ints(fields: Any, key: str, where: str) -> list[int]:
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where}{key}: expected a {{ ... }} block, got {fields!r:.60}")
     values = fields.get(key, [])
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= -1 for v in values):
         raise ConfigError(f"{where}{key}: expected integers (-1 for any size), got {values!r:.80}")
@@ -338,13 +362,21 @@ def dynamic_batching(fields: dict) -> dict | None:
     doc: dict[str, Any] = {}
     if "preferred_batch_size" in block:
         doc["preferred_batch_size"] = _ints(block, "preferred_batch_size", "dynamic_batching.")
+        if any(p < 1 for p in doc["preferred_batch_size"]):
+            raise ConfigError(f"dynamic_batching.preferred_batch_size: expected sizes of 1 or more, got "
+                              f"{doc['preferred_batch_size']}")
     delay = _one(block, "max_queue_delay_microseconds", int, "dynamic_batching.")
+    if delay is not None and delay < 0:
+        raise ConfigError(f"dynamic_batching.max_queue_delay_microseconds: expected 0 or more, got {delay}")
     if delay is not None:
         doc["max_queue_delay_microseconds"] = delay
     policy = _one(block, "default_queue_policy", dict, "dynamic_batching.")
     if policy is not None:
-        doc["default_queue_policy"] = {"max_queue_size": _one(policy, "max_queue_size", int,
-                                                              "dynamic_batching.default_queue_policy.", 0)}
+        size = _one(policy, "max_queue_size", int, "dynamic_batching.default_queue_policy.", 0)
+        if size < 0:
+            raise ConfigError(f"dynamic_batching.default_queue_policy.max_queue_size: expected 0 (unbounded) or more, "
+                              f"got {size}")
+        doc["default_queue_policy"] = {"max_queue_size": size}
     if "preserve_ordering" in block:
         doc["preserve_ordering"] = bool(_one(block, "preserve_ordering", bool, "dynamic_batching."))
     return doc
@@ -362,14 +394,17 @@ def _warmup(fields: dict) -> list[dict]:
             value = _one(entry, "value", dict, f"{where}.inputs '{key}': ")
             data_type = _one(value, "data_type", str, f"{where}.inputs '{key}': ", "")
             kinds = [k for k in ("zero_data", "random_data", "input_data_file") if k in value]
-            if data_type not in DATA_TYPES or len(kinds) != 1:
+            if data_type not in SERVED_TYPES or len(kinds) != 1:
                 raise ConfigError(f"{where}.inputs '{key}': expected a data_type and one of zero_data, random_data "
                                   "or input_data_file")
             inputs[key] = {"data_type": data_type, "dims": _ints(value, "dims", f"{where}.inputs '{key}': "),
                            kinds[0]: value[kinds[0]][0]}
-        samples.append({"name": _one(sample, "name", str, f"{where}.", f"sample_{i}"),
-                        "batch_size": _one(sample, "batch_size", int, f"{where}.", 0),
-                        "inputs": inputs, "count": _one(sample, "count", int, f"{where}.", 1)})
+        entry = {"name": _one(sample, "name", str, f"{where}.", f"sample_{i}"),
+                 "batch_size": _one(sample, "batch_size", int, f"{where}.", 0),
+                 "inputs": inputs, "count": _one(sample, "count", int, f"{where}.", 1)}
+        if not 0 <= entry["batch_size"] <= MAX_WARMUP_RUNS or not 0 <= entry["count"] <= MAX_WARMUP_RUNS:
+            raise ConfigError(f"{where}: batch_size and count must be from 0 to {MAX_WARMUP_RUNS}")
+        samples.append(entry)
     return samples
 
 
@@ -454,9 +489,14 @@ def _compare_dims(model: str, tensor: TensorConfig, shape: list[int], max_batch_
 
 
 def _validate(kind: str, given: list[TensorConfig], graph: list[GraphTensor], max_batch_size: int,
-              model: str) -> None:
-    """Triton's ValidateInputs / ValidateOutputs, with its wording."""
-    by_name = {t.name: t for t in graph}
+              model: str, overridable: list[GraphTensor] = ()) -> None:
+    """Triton's ValidateInputs / ValidateOutputs, with its wording. `overridable`: the graph's initializers that
+    an input may override (ONNX Runtime's overridable initializers), which config.pbtxt lists as optional."""
+    by_name = {t.name: t for t in [*overridable, *graph]}
+    names = [t.name for t in given]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"model '{model}': {kind} {twice} listed more than once in the configuration")
     if kind == "input":
         expected = len([t for t in given if not t.optional])
         if expected != len(graph):
@@ -464,6 +504,9 @@ def _validate(kind: str, given: list[TensorConfig], graph: list[GraphTensor], ma
                               f"provides {len(graph)}")
     for tensor in given:
         node = by_name.get(tensor.name)
+        if node is not None and not tensor.optional and node in overridable:
+            raise ConfigError(f"unable to load model '{model}', input '{tensor.name}' is an initializer the model "
+                              "may take as an input: declare it optional")
         if tensor.optional and max_batch_size != 0:
             raise ConfigError(f"unable to load model '{model}', optional input '{tensor.name}' is not supported "
                               "for models that support batching")
@@ -488,7 +531,11 @@ def _validate(kind: str, given: list[TensorConfig], graph: list[GraphTensor], ma
             if not tensor.reshape and max_batch_size == 0:
                 raise ConfigError(f"model {kind} '{tensor.name}' cannot have empty reshape for non-batching model "
                                   f"as scalar tensors are not supported for {model}")
-            if -1 not in tensor.dims + tensor.reshape and math.prod(tensor.dims) != math.prod(tensor.reshape):
+            variable = (tensor.dims.count(-1), tensor.reshape.count(-1))
+            if variable[0] != variable[1] or variable[0] > 1:
+                raise ConfigError(f"model {kind} '{tensor.name}': dims {tensor.dims} and reshape {tensor.reshape} must "
+                                  f"have the same variable-size (-1) dimension, at most one, for {model}")
+            if math.prod(tensor.dims) != math.prod(tensor.reshape):
                 raise ConfigError(f"model {kind} '{tensor.name}' has different size for dims and reshape for {model}")
         if node.shape is None:
             continue
@@ -504,7 +551,7 @@ def _validate(kind: str, given: list[TensorConfig], graph: list[GraphTensor], ma
 
 def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[GraphTensor],
              graph_outputs: list[GraphTensor], default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-             default_version_policy: dict | None = None) -> ModelConfig:
+             default_version_policy: dict | None = None, overridable: list[GraphTensor] = ()) -> ModelConfig:
     """Auto-complete a (possibly absent or partial) config.pbtxt from the graph and validate it, as Triton does."""
     fields = dict(fields or {})
     unknown = sorted(set(fields) - KNOWN_FIELDS)
@@ -544,7 +591,7 @@ def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[Gra
             raise ConfigError(f"autofill failed for model '{folder}': model does not support batching while "
                               "non-zero max_batch_size is specified")
     if inputs:
-        _validate("input", inputs, graph_inputs, max_batch_size, folder)
+        _validate("input", inputs, graph_inputs, max_batch_size, folder, overridable)
     else:
         inputs = [_from_graph(t, max_batch_size, "input") for t in graph_inputs]
     if outputs:

@@ -8,7 +8,6 @@ outside the version folder and models over its memory limit before any session a
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,17 @@ def _fields(data: memoryview):
         yield number, wire, value
 
 
-def _tensor(data: memoryview, facts: ModelFacts) -> None:
+def _size(dims: list[int], element_bytes: int) -> int:
+    """dims x element size, saturating at 2**63 (a file can declare a million dims)."""
+    size = element_bytes
+    for d in dims:
+        size = min(size * d, 1 << 63)
+    return size
+
+
+def _tensor(data: memoryview, facts: ModelFacts, dense_dims: list[int] | None = None) -> None:
+    """A TensorProto: its declared size (`dense_dims` for the values of a sparse tensor, which ONNX Runtime makes
+    dense) and its external data location."""
     dims, data_type, external = [], 1, {}
     for number, wire, value in _fields(data):
         if number == 1:
@@ -80,8 +89,7 @@ def _tensor(data: memoryview, facts: ModelFacts) -> None:
         elif number == 13 and wire == 2:
             entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
             external[entry.get(1, "")] = entry.get(2, "")
-    count = math.prod(d if d < 1 << 62 else 1 << 62 for d in dims)
-    facts.tensor_bytes += count * ELEMENT_BYTES.get(data_type, 8)
+    facts.tensor_bytes += _size(dense_dims if dense_dims is not None else dims, ELEMENT_BYTES.get(data_type, 8))
     if "location" in external:
         facts.external.append(external["location"])
 
@@ -94,12 +102,39 @@ def _graph(data: memoryview, facts: ModelFacts, depth: int) -> None:
             continue
         if number == 5:  # initializer
             _tensor(value, facts)
-        elif number == 15:  # sparse_initializer: values, indices
-            for n, w, v in _fields(value):
-                if n in (1, 2) and w == 2:
-                    _tensor(v, facts)
-        elif number == 1:  # node -> attribute
-            for n, w, attribute in _fields(value):
+        elif number == 15:  # sparse_initializer
+            _sparse(value, facts)
+    _nodes(data, facts, depth, 1)
+
+
+def _sparse(data: memoryview, facts: ModelFacts) -> None:
+    """A SparseTensorProto: values (1) counted at the dense shape (3), indices (2) as stored."""
+    parts: dict[int, list] = {1: [], 2: []}
+    dims: list[int] = []
+    for number, wire, value in _fields(data):
+        if number in parts and wire == 2:
+            parts[number].append(value)
+        elif number == 3:
+            dims += _varints(value) if wire == 2 else [value]
+    for values in parts[1]:
+        _tensor(values, facts, dims)
+    for indices in parts[2]:
+        _tensor(indices, facts)
+
+
+def _varints(data: memoryview) -> list[int]:
+    values, pos = [], 0
+    while pos < len(data):
+        value, pos = _varint(data, pos)
+        values.append(value)
+    return values
+
+
+def _nodes(data: memoryview, facts: ModelFacts, depth: int, field_number: int) -> None:
+    """The attributes of the nodes (field `field_number`) of a GraphProto or FunctionProto."""
+    for number, wire, node in _fields(data):
+        if number == field_number and wire == 2:
+            for n, w, attribute in _fields(node):
                 if n == 5 and w == 2:
                     _attribute(attribute, facts, depth)
 
@@ -110,6 +145,8 @@ def _attribute(data: memoryview, facts: ModelFacts, depth: int) -> None:
             continue
         if number in (5, 10):  # t, tensors
             _tensor(value, facts)
+        elif number in (22, 23):  # sparse_tensor, sparse_tensors
+            _sparse(value, facts)
         elif number in (6, 11):  # g, graphs
             _graph(value, facts, depth + 1)
 
@@ -123,6 +160,12 @@ def inspect(data: bytes) -> ModelFacts:
         if number == 7 and wire == 2:
             saw_graph = True
             _graph(value, facts, 0)
+        elif number == 20 and wire == 2:  # training_info: initialization and algorithm graphs
+            for n, w, graph in _fields(value):
+                if n in (1, 2) and w == 2:
+                    _graph(graph, facts, 1)
+        elif number == 25 and wire == 2:  # functions: their nodes' constant attributes
+            _nodes(value, facts, 1, 7)
         elif number == 14 and wire == 2:
             entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
             facts.metadata[entry.get(1, "")] = entry.get(2, "")
@@ -137,8 +180,12 @@ def unsafe_external_data(facts: ModelFacts, version_dir: Path) -> list[str]:
     problems = []
     root = os.path.realpath(version_dir)
     for location in sorted(set(facts.external)):
-        parts = location.replace("\\", "/").split("/")
-        if not location or location.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+        parts = location.split("/")
+        if "\\" in location or "\0" in location:
+            problems.append(f"external data {location[:100]!r} has a backslash or a NUL character; expected a relative "
+                            "path inside the version folder")
+            continue
+        if not location or location.startswith("/") or ":" in parts[0] or ".." in parts:
             problems.append(f"external data '{location[:100]}' points outside the version folder")
             continue
         path = Path(version_dir, *parts)

@@ -28,7 +28,6 @@ ACCEPTED_JSON_KINDS = {
     **{name: "iu" for name in DATATYPES if name.startswith(("INT", "UINT"))},
     **{name: "iuf" for name in DATATYPES if name.startswith("FP")},
     "BOOL": "b",
-    "BYTES": "U",
 }
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PARAMETER_TYPES = (str, int, float, bool)
@@ -161,8 +160,17 @@ def _wide_integers(data: list, raw: np.ndarray, datatype: str) -> np.ndarray:
         return raw
 
 
+def only_strings(data: list, depth: int) -> bool:
+    """True when every element of the regular nested list `data` (`depth` levels) is a string (numpy reads
+    ["a", 1] as two strings)."""
+    items: Any = data
+    for _ in range(depth - 1):
+        items = itertools.chain.from_iterable(items)
+    return set(map(type, items)) <= {str}
+
+
 def _strings_from_json(where: str, data: list, raw: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
-    """BYTES elements given as JSON strings: every element a string (numpy would turn [\"a\", 1] into two)."""
+    """BYTES elements given as JSON strings: every element a string."""
     items: Any = data
     for _ in range(raw.ndim - 1):
         items = itertools.chain.from_iterable(items)
@@ -397,7 +405,7 @@ def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     """Top-k entries of each row as "score:index[:label]" strings, [B, k] (Triton's classification extension).
 
     A binary classifier's single probability p of class 1 is scored as the two classes [1 - p, p]."""
-    rows = array.reshape(len(array), -1)
+    rows = array.reshape(len(array), -1).astype(np.float64, copy=False)  # unsigned scores would wrap when negated
     if rows.shape[1] == 1 and labels is not None and len(labels) == 2:
         rows = np.concatenate([1 - rows, rows], axis=1)
     k = min(k, rows.shape[1])

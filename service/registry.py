@@ -35,22 +35,23 @@ class VersionState:
     reason: str = ""
 
 
+def _stat(path: Path) -> tuple:
+    """(name, mtime, size) of a file, or () when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return (path.name, stat.st_mtime_ns, stat.st_size)
+
+
 def _signature(version_dir: Path) -> tuple:
     """Changes when a version's files or its model's config.pbtxt change, so a failed version is retried only after
     it was fixed."""
-    files = [version_dir.parent / modelconfig.CONFIG_FILENAME]
     try:
-        files += sorted(version_dir.iterdir())
+        files = sorted(version_dir.iterdir())
     except OSError:
-        pass
-    signature = []
-    for path in files:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        signature.append((path.name, stat.st_mtime_ns, stat.st_size))
-    return tuple(signature)
+        files = []
+    return (_stat(version_dir.parent / modelconfig.CONFIG_FILENAME), *map(_stat, files))
 
 
 class ModelRegistry:
@@ -64,6 +65,7 @@ class ModelRegistry:
         self._states: dict[tuple[str, int], VersionState] = {}
         self._failed: dict[tuple[str, int], tuple] = {}  # version -> file signature when it failed
         self._unloaded: set[str] = set()
+        self._config_seen: dict[str, tuple] = {}  # config.pbtxt's signature when each model was last reconciled
         self._lock = threading.Lock()  # guards the snapshots and states
         self._reload_lock = threading.RLock()  # one reconcile at a time
         self._initial_load_done = threading.Event()
@@ -96,28 +98,40 @@ class ModelRegistry:
             model_dir = self.settings.models / name
             available = [] if name in self._unloaded else artifact.list_versions(model_dir)
             current = dict(self._models.get(name, {}))
+            config_signature = _stat(model_dir / modelconfig.CONFIG_FILENAME)
+            stale = self._config_seen.get(name, config_signature) != config_signature  # config.pbtxt changed
             try:
                 fields = modelconfig.read_config(model_dir) if available else None
                 policy = modelconfig.version_policy(fields) or self.settings.version_policy_config()
             except modelconfig.ConfigError as exc:  # every version is refused with the reason; what serves stays
                 for version in available:
-                    if version not in current:
-                        self._refuse(name, version, _signature(model_dir / str(version)), LoadError(str(exc)))
+                    signature = _signature(model_dir / str(version))
+                    if version not in current and (retry_failed or self._failed.get((name, version)) != signature):
+                        self._refuse(name, version, signature, LoadError(str(exc)))
                 return [s for s in self.states() if s.name == name]
             candidates, wanted = modelconfig.select_versions(policy, available)
             keep: dict[int, LoadedModel] = {}
             for version in candidates:
                 if wanted is not None and len(keep) >= wanted:
                     break
-                if version in current:
-                    keep[version] = current[version]
+                old = current.get(version)
+                if old is not None and not stale:
+                    keep[version] = old
                     continue
                 signature = _signature(model_dir / str(version))
                 if not retry_failed and self._failed.get((name, version)) == signature:
+                    if old is not None:
+                        keep[version] = old
                     continue  # failed before and unchanged since: do not retry on every poll
                 model = self._load(name, version, signature, fields)
                 if model is not None:
                     keep[version] = model
+                elif old is not None:  # a version loaded under the earlier config.pbtxt serves on
+                    keep[version] = old
+                    reason = self._states[(name, version)].reason
+                    self._set_state(VersionState(name, version, "READY", "config.pbtxt changed and reloading "
+                                                 f"failed, the earlier load serves on: {reason}"))
+            self._config_seen[name] = config_signature
             with self._lock:
                 models = dict(self._models)
                 if keep:

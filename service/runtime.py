@@ -155,8 +155,13 @@ class LoadedModel:
             if self.batching and tensor.shape:
                 batch_sizes.add(tensor.shape[0])
             array = tensor.array
-            if model_shape is not None and array.ndim != len(model_shape):
-                array = array.reshape([array.shape[0]] + model_shape[1:] if self.batching else model_shape)
+            if model_shape is not None and not _shape_matches(model_shape, tensor.shape):
+                try:  # config.pbtxt's reshape: the API's shape to the model's (dims and reshape hold one -1 at most)
+                    array = array.reshape([array.shape[0]] + model_shape[1:] if self.batching else model_shape)
+                except ValueError:
+                    problems.append(f"input '{tensor.name}': shape {tensor.shape} cannot be reshaped to the model's "
+                                    f"{model_shape}")
+                    continue
             feed[tensor.name] = array
         given = {t.name for t in request.inputs}
         for name in self.required_inputs:
@@ -169,6 +174,9 @@ class LoadedModel:
             for out in request.outputs:
                 if out.name not in self.outputs:
                     problems.append(f"unknown output '{clip(out.name)}'; the model's outputs are {self.output_names}")
+                elif out.classification and self.outputs[out.name]["datatype"] in ("BYTES", "BOOL"):
+                    problems.append(f"output '{out.name}': classification ranks numeric scores, the output is "
+                                    f"{self.outputs[out.name]['datatype']}")
         if problems:
             raise InvalidInput(self.name, problems)
         return feed
@@ -191,10 +199,11 @@ class LoadedModel:
         return result
 
 
-def _warmup_feeds(model: LoadedModel, model_dir: Path) -> list[dict[str, np.ndarray]]:
-    """The warm-up requests: config.pbtxt's model_warmup samples, else one batch-1 sample of zeros when every
-    input is floating point (integer, boolean and string inputs may be data the graph depends on: shapes, indices,
-    lengths; made-up values could fail a valid model, so such a model is not warmed up without samples)."""
+def _warmup_feeds(model: LoadedModel, model_dir: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The warm-up requests as (sample name, feed): config.pbtxt's model_warmup samples (each one request of
+    batch_size samples, run `count` times), else ("", one batch-1 sample of zeros) when every input is floating
+    point. Integer, boolean and string inputs may be data the graph depends on (shapes, indices, lengths), and
+    made-up values could fail a valid model, so such a model is not warmed up without samples."""
     samples = model.config.model_warmup
     if not samples:
         if not all(spec["datatype"] in FLOAT_TYPES for spec in model.input_specs):
@@ -203,13 +212,17 @@ def _warmup_feeds(model: LoadedModel, model_dir: Path) -> list[dict[str, np.ndar
             return []
         feed = {}
         for spec in model.input_specs:
-            shape = model.model_shapes.get(spec["name"], spec["shape"])
-            feed[spec["name"]] = np.zeros([1 if d == -1 else d for d in shape], dtype=NUMPY_DTYPES[spec["datatype"]])
-        return [feed]
+            shape = [1 if d == -1 else d for d in model.model_shapes.get(spec["name"], spec["shape"])]
+            if math.prod(shape) > MAX_WARMUP_ELEMENTS:
+                return []
+            feed[spec["name"]] = np.zeros(shape, dtype=NUMPY_DTYPES[spec["datatype"]])
+        return [("", feed)]
     feeds = []
     rng = np.random.default_rng(0)
     for sample in samples:
-        batch = [max(1, sample["batch_size"])] if model.batching else []
+        if sample["batch_size"] == 0:  # Triton skips such a sample
+            continue
+        batch = [sample["batch_size"]] if model.batching else []
         feed = {}
         for name, spec in sample["inputs"].items():
             if name not in model.inputs:
@@ -231,7 +244,7 @@ def _warmup_feeds(model: LoadedModel, model_dir: Path) -> list[dict[str, np.ndar
             model_shape = model.model_shapes.get(name)
             if model_shape is not None:
                 feed[name] = feed[name].reshape(batch + model_shape[len(batch):])
-        feeds += [feed] * max(1, sample["count"])
+        feeds += [(sample["name"], feed)] * max(1, sample["count"])
     return feeds
 
 
@@ -320,6 +333,9 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
     metadata = _nnserve_metadata(version_dir, filename)
     path = version_dir / filename
     try:
+        if path.stat().st_size > max_model_bytes:  # a graph's own bytes count against the limit too
+            raise LoadError(f"{filename}: {path.stat().st_size} bytes, more than the limit of {max_model_bytes} "
+                            "(NNSERVE_MAX_MODEL_BYTES)")
         data = path.read_bytes()
     except OSError as exc:
         raise LoadError(artifact.unreadable(filename, exc)) from None
@@ -362,17 +378,23 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
         problems = _check_metadata(metadata, inputs, outputs, facts.metadata.get(artifact.METADATA_PROP))
         if problems:
             raise LoadError("; ".join(problems))
+    overridable = [GraphTensor.of(n) for n in session.get_overridable_initializers()]
     try:
         config = modelconfig.complete(config_fields, model_dir.name, inputs, outputs, default_max_batch_size,
-                                      default_version_policy)
+                                      default_version_policy, overridable)
     except ConfigError as exc:
         raise LoadError(str(exc)) from None
     model = LoadedModel(model_dir.name, int(version_dir.name), config, session, active[0], 0.0, metadata or {})
-    for feed in _warmup_feeds(model, model_dir):
+    for sample, feed in _warmup_feeds(model, model_dir):
         try:
-            model.run(feed)
-        except InferenceFailed as exc:
-            raise LoadError(f"warm-up inference failed: {str(exc.__cause__)[:300]}") from None
+            session.run(None, feed)
+        except Exception as exc:  # ORT raises its own types
+            if sample:  # config.pbtxt's own sample must run, as in Triton
+                raise LoadError(f"failed to run warmup sample '{sample}': warm-up inference failed: "
+                                f"{str(exc)[:300]}") from None
+            log.warning("%s version %s: warm-up on zeros failed (%s); serving it, since zeros are made up",
+                        model.name, model.version, str(exc)[:200])
+            break
     model.load_seconds = time.perf_counter() - started
     log.info("loaded %s version %s on %s in %.3fs", model.name, model.version, model.provider,
              model.load_seconds)

@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 from service import artifact
+from service.modelconfig import DATA_TYPES
 
 CARD_FILENAME = "model_card.md"
 TRITON_CONFIG = "config.pbtxt"
 MAX_BATCH_SIZE = 256  # the largest batch Triton's config admits; the service's default max_batch_size
-TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "FP64": "TYPE_FP64", "INT32": "TYPE_INT32",
-                "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "FP16": "TYPE_FP16"}
+TRITON_TYPES = {datatype: data_type for data_type, datatype in DATA_TYPES.items()}  # V2 -> config.pbtxt
 
 
 def _tensor_pbtxt(spec: dict) -> str:

@@ -13,7 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.batching import Batcher, BatchingConfig, QueueFull, parse_config
+from service.batching import Batcher, BatchingConfig, QueueFull, batching_config
+from service.modelconfig import dynamic_batching, parse_pbtxt
 from service.runtime import load_model
 from tests.conftest import start_server
 
@@ -143,10 +144,9 @@ def test_a_failed_run_fails_each_request_of_its_batch(mlp, digits):
      "{ max_queue_size: 4 } }", BatchingConfig(256, 7, (), 4)),
     ("max_batch_size: 8", None),
 ])
-def test_parse_config(tmp_path, text, expected):
-    (tmp_path / "config.pbtxt").write_text(f'name: "m"\n{text}\n')
-    assert parse_config(tmp_path / "config.pbtxt", 256) == expected
-    assert parse_config(tmp_path / "missing.pbtxt", 256) is None
+def test_parse_config(text, expected):
+    block = dynamic_batching(parse_pbtxt(f'name: "m"\n{text}\n'))
+    assert (None if block is None else batching_config(block, 256)) == expected
 
 
 def test_server_batches_concurrent_clients_and_shows_it(tmp_path, digits):

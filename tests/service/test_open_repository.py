@@ -87,7 +87,7 @@ def test_a_model_from_elsewhere_answers_as_onnx_runtime_does(client, model, bina
         got = result.as_numpy(name)
         spec = next(o for o in config["output"] if o["name"] == name)
         dims = ([len(next(iter(model.inputs.values())))] if config["max_batch_size"] else []) + spec["dims"]
-        assert list(got.shape) == [len(got) if d == -1 else d for d in dims][:len(got.shape)]
+        assert len(got.shape) == len(dims) and all(d in (-1, g) for d, g in zip(dims, got.shape)), (got.shape, dims)
         assert got.size == want.size
         np.testing.assert_array_equal(_as_text(got).reshape(want.shape), _as_text(want))
 
@@ -176,14 +176,22 @@ def test_statistics_are_the_whole_servers_summed_over_both_workers(open_server, 
             assert set(pool.map(send, range(16))) == {200}
             sent += 16
     assert len(served()) == 2 and sum(served().values()) == sent, served()  # both workers answered some
+    bad = json.dumps({"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).encode()
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", open_server.port, timeout=30)
+        conn.request("POST", f"/v2/models/{model.name}/infer", bad)
+        assert conn.getresponse().status == 400
+        conn.close()
     rows = len(model.inputs["X"])
     for _ in range(6):  # whichever worker answers, it reports the server's total
         stats = client.get_inference_statistics(model.name)["model_stats"]
         assert len(stats) == 1 and stats[0]["version"] == "1"
         inference, was = stats[0]["inference_stats"], start["inference_stats"]
         assert inference["success"]["count"] - was["success"]["count"] == sent
-        assert inference["fail"]["count"] == was["fail"]["count"]
+        assert inference["fail"]["count"] - was["fail"]["count"] == 3 and inference["fail"]["ns"] > was["fail"]["ns"]
         assert inference["queue"]["count"] == inference["compute_infer"]["count"] == inference["success"]["count"]
+        phases = sum(inference[p]["ns"] for p in ("compute_input", "queue", "compute_infer", "compute_output"))
+        assert 0 < phases <= inference["success"]["ns"] + 1000  # the phases are parts of each request's time
         assert stats[0]["execution_count"] - start["execution_count"] == sent
         assert stats[0]["inference_count"] - start["inference_count"] == sent * rows
         assert inference["success"]["ns"] >= inference["compute_infer"]["ns"] > 0
@@ -308,10 +316,11 @@ def test_hostile_model_files_are_refused_with_a_reason_and_the_others_keep_servi
     assert "ONNX Runtime cannot load model.onnx" in reasons["unloadable"] and "ghost" in reasons["unloadable"]
     assert reasons["empty"] == "model.onnx: the file is empty"
     assert "model.onnx: not a valid ONNX model" in reasons["truncated"]
-    for case in ("huge-initializer", "huge-external"):
-        declared = fm.declared_initializer_bytes(hostile[case])
-        assert (f"its stored tensors declare {declared} bytes, more than the limit of {16 << 20}"
-                in reasons[case]), reasons[case]
+    declared = fm.declared_initializer_bytes(hostile["huge-external"])  # 1 GiB beside a small graph
+    assert f"its stored tensors declare {declared} bytes, more than the limit of {16 << 20}" in reasons["huge-external"]
+    size = len(hostile["huge-initializer"])  # 64 MiB inside the file: refused before it is read
+    assert reasons["huge-initializer"] == f"model.onnx: {size} bytes, more than the limit of {16 << 20} " \
+                                          "(NNSERVE_MAX_MODEL_BYTES)"
     assert set(reasons) == set(hostile)
     assert not registry.is_ready()  # readiness keeps its meaning; the index says which model failed and why
     client = app.test_client()
@@ -407,7 +416,7 @@ def test_non_finite_outputs_are_answered_not_blamed_on_the_request(tmp_path):
     request = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [4.0, -1.0]}]}
     answer = app.test_client().post("/v2/models/sqrt/infer", json=request)
     assert answer.status_code == 200
-    assert answer.get_data() .endswith(b'"data":[2.0,NaN]}]}')
+    assert answer.get_data().endswith(b'"data":[2.0,NaN]}]}')
     assert json.loads(answer.get_data())["outputs"][0]["data"][0] == 2.0  # Python's json (and tritonclient) read it
     binary = app.test_client().post("/v2/models/sqrt/infer", json={**request, "parameters": {
         "binary_data_output": True}})
@@ -471,3 +480,150 @@ def test_check_validates_a_repository_of_models_from_elsewhere(tmp_path):
         "empty/1: model.onnx: the file is empty",
         "no-batch-dim/1: autofill failed for model 'no-batch-dim': model does not support batching while non-zero "
         "max_batch_size is specified"]
+
+
+# -- the parts, one by one ----------------------------------------------------------------------------------------
+def test_the_pbtxt_reader_takes_what_protobufs_text_format_writes_and_names_what_it_cannot_read():
+    from service.modelconfig import ConfigError, parse_pbtxt
+
+    fields = parse_pbtxt('# a comment\nname: "caf\\303\\251" input < name: "x" dims: [ 1, -1 ] > '
+                         'input { name: \'y\' dims: 2 dims: 3 }; parameters { key: "k" value { string_value: "\\x41" } }')
+    assert fields["name"] == ["café"] and [t["dims"] for t in fields["input"]] == [[1, -1], [2, 3]]
+    assert fields["parameters"][0]["value"][0]["string_value"] == ["A"]
+    for text, fragment in (("# note\n\u201cx\u201d", "line 2: cannot read"), ("a {" * 100, "nested more than"),
+                           ("max_batch_size: 4x", "cannot read '4x'"), ("dims: [1,", "expected a value"),
+                           ("input { name: \"x\"", "missing '}'")):
+        with pytest.raises(ConfigError, match=fragment):
+            parse_pbtxt(text)
+
+
+def _one_input_config(tmp_path: Path, name: str, config: str, model: str = "multi-io") -> None:
+    fm.write_model(tmp_path / "scratch", BY_NAME[model]).rename(tmp_path / "scratch" / "v")
+    (tmp_path / name).mkdir()
+    (tmp_path / "scratch" / "v").rename(tmp_path / name / "1")
+    (tmp_path / name / "config.pbtxt").write_text(config)
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("max_batch_size: 4f", "max_batch_size: expected int"),
+    ("version_policy { latest [ ] }", "version_policy.latest: expected a { ... } block"),
+    ("model_warmup { inputs { key: \"x\" } }", "expected a { ... } block"),
+    ("input [ { name: \"x\" data_type: TYPE_FP32 dims: [ 3 ] }, { name: \"x\" data_type: TYPE_FP32 dims: [ 3 ] } ] "
+     "output [ { name: \"sum\" data_type: TYPE_FP32 dims: [ 3 ] } ] max_batch_size: 4", "listed more than once"),
+    ("dynamic_batching { preferred_batch_size: [ 0 ] }", "expected sizes of 1 or more"),
+    ("dynamic_batching { default_queue_policy { max_queue_size: -1 } }", "expected 0 (unbounded) or more"),
+    ("instance_group [ { kind: KIND_GPU } ] sequence_batching { }", "sequence_batching is not supported"),
+    ("no_such_field: 1", "unknown field(s) ['no_such_field']"),
+])
+def test_a_config_nnserve_cannot_honour_is_refused_with_a_reason(tmp_path, config, fragment):
+    _one_input_config(tmp_path, "m", config)
+    _, registry = _app(tmp_path)
+    assert fragment in _reasons(registry)["m"]
+
+
+def _mul_model(folder: Path) -> None:
+    """y = x * w, x [-1, 3, 1]; w an initializer (2.0) that an input may override."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 1]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 1])], initializer=[weight])
+    (folder / "1").mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              folder / "1" / "model.onnx")
+
+
+MUL_OUTPUT = 'output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] reshape { shape: [ 3, 1 ] } } ]'
+
+
+def test_a_reshape_of_the_same_rank_and_an_optional_initializer_input(tmp_path):
+    for name in ("reshaped", "optional", "optional-batching", "wrong-reshape"):
+        _mul_model(tmp_path / name)
+    (tmp_path / "reshaped" / "config.pbtxt").write_text(
+        'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] reshape { shape: [ 3, 1 ] } } ] '
+        + MUL_OUTPUT)
+    (tmp_path / "wrong-reshape" / "config.pbtxt").write_text(
+        'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] reshape { shape: [ 1, 3 ] } } ] '
+        + MUL_OUTPUT)
+    optional = ('input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3, 1 ] }, '
+                '{ name: "w" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ] '
+                'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, 3, 1 ] } ]')
+    (tmp_path / "optional" / "config.pbtxt").write_text(optional)
+    (tmp_path / "optional-batching" / "config.pbtxt").write_text(
+        optional.replace("-1, 3, 1", "3, 1") + " max_batch_size: 8")
+    app, registry = _app(tmp_path)
+    reasons = _reasons(registry)
+    assert sorted(reasons) == ["optional-batching", "wrong-reshape"]
+    assert "optional input 'w' is not supported for models that support batching" in reasons["optional-batching"]
+    assert "the model expects 3 dimensions (shape [-1,3,1])" in reasons["wrong-reshape"]
+    client = app.test_client()
+    x = {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}
+    answer = client.post("/v2/models/reshaped/infer", json={"inputs": [x]}).get_json()
+    assert answer["outputs"][0]["shape"] == [2, 3] and answer["outputs"][0]["data"] == [2, 4, 6, 8, 10, 12]
+    x3 = {**x, "shape": [2, 3, 1]}
+    default = client.post("/v2/models/optional/infer", json={"inputs": [x3]}).get_json()
+    assert default["outputs"][0]["data"] == [2, 4, 6, 8, 10, 12]
+    given = client.post("/v2/models/optional/infer", json={"inputs": [
+        x3, {"name": "w", "shape": [1], "datatype": "FP32", "data": [3]}]}).get_json()
+    assert given["outputs"][0]["data"] == [3, 6, 9, 12, 15, 18]
+
+
+def test_a_changed_config_reloads_the_serving_version_or_keeps_it_when_the_new_one_fails(tmp_path):
+    fm.write_model(tmp_path, BY_NAME["multi-io"])
+    app, registry = _app(tmp_path)
+    assert registry.get("multi-io").max_batch_size == 4
+    (tmp_path / "multi-io" / "config.pbtxt").write_text("max_batch_size: 16\n")
+    registry.reconcile_all()
+    assert registry.get("multi-io").max_batch_size == 16
+    (tmp_path / "multi-io" / "config.pbtxt").write_text("max_batch_size: 32\nversion_policy { bogus { } }\n")
+    registry.reconcile_all()
+    assert registry.get("multi-io").max_batch_size == 16  # the earlier load serves on
+    (tmp_path / "multi-io" / "config.pbtxt").write_text('max_batch_size: 32\nname: "other"\n')
+    time.sleep(0.01)
+    registry.reconcile_all()
+    entry = next(e for e in registry.index() if e["name"] == "multi-io")
+    assert registry.get("multi-io").max_batch_size == 16 and entry["state"] == "READY"
+    assert "reloading failed, the earlier load serves on: unexpected directory name" in entry["reason"]
+
+
+def test_classification_of_a_string_output_is_a_client_error(tmp_path):
+    fm.write_model(tmp_path, BY_NAME["string-in-out"])
+    app, _ = _app(tmp_path)
+    answer = app.test_client().post("/v2/models/string-in-out/infer", json={
+        "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["A"]},
+                   {"name": "tokens", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}],
+        "outputs": [{"name": "lower", "parameters": {"classification": 1}}]})
+    assert answer.status_code == 400
+    assert "output 'lower': classification ranks numeric scores, the output is BYTES" in answer.get_json()["error"]
+
+
+def test_the_file_reader_counts_sparse_and_function_tensors_and_refuses_odd_locations(tmp_path):
+    from service import onnxfile
+
+    values = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    indices = helper.make_tensor("i", TensorProto.INT64, [1], [0])
+    sparse = helper.make_sparse_tensor(values, indices, [1 << 20, 1 << 10])  # 4 GiB once dense
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph.sparse_initializer.append(sparse)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert onnxfile.inspect(model.SerializeToString()).tensor_bytes >= 4 << 30
+    for location in ("a\\b", "a\0b", "../x", "/etc/passwd"):
+        facts = onnxfile.ModelFacts(external=[location])
+        assert onnxfile.unsafe_external_data(facts, tmp_path), location
+    dims = b"".join(b"\x08" + bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x07]) for _ in range(200_000))  # a million-dim tensor
+    tensor = b"\x2a" + _varint(len(dims)) + dims  # TensorProto inside GraphProto.initializer (5)
+    start = time.monotonic()
+    facts = onnxfile.inspect(b"\x3a" + _varint(len(tensor)) + tensor)  # ModelProto.graph (7)
+    assert facts.tensor_bytes == 1 << 63 and time.monotonic() - start < 5
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
