@@ -4,7 +4,7 @@
 #   runtime-gpu        the same on NVIDIA's CUDA runtime with onnxruntime-gpu, device cuda (needs a GPU to run)
 #   trainer            runtime + training/ + torch (CPU) for `python -m training retrain` against a mounted repository
 # Build:  podman build --format docker --network host -t nnserve .         (or docker build -t nnserve .)
-# Run:    podman run -p 127.0.0.1:8080:8080 nnserve
+# Run:    podman run -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 nnserve      (HTTP, gRPC)
 # The README's Deploy section has the rest (an outside repository, compose, Kubernetes, KServe, GPU).
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -26,6 +26,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/nnserve \
     NNSERVE_HOST=0.0.0.0 \
     NNSERVE_PORT=8080 \
+    NNSERVE_GRPC_PORT=8081 \
     NNSERVE_MODELS=/models
 RUN groupadd --gid 10001 nnserve \
     && useradd --uid 10001 --gid 10001 --home-dir /home/nnserve --create-home --shell /usr/sbin/nologin nnserve
@@ -34,7 +35,7 @@ WORKDIR /app
 COPY service/ /app/service/
 COPY --chown=10001:10001 models/ /models/
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 8081
 # Mount an outside model repository here (or set NNSERVE_MODELS to where it is mounted).
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
@@ -60,13 +61,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/nnserve \
     NNSERVE_HOST=0.0.0.0 \
     NNSERVE_PORT=8080 \
+    NNSERVE_GRPC_PORT=8081 \
     NNSERVE_MODELS=/models \
     NNSERVE_DEVICE=cuda
 WORKDIR /app
 COPY service/ /app/service/
 COPY --chown=10001:10001 models/ /models/
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 8081
 VOLUME ["/models"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('NNSERVE_PORT', '8080') + '/v2/health/ready', timeout=2)"]

@@ -22,8 +22,9 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app; models load in the background (or before returning, if background_load is off)."""
+def create_app(settings: Settings | None = None, serve_grpc: bool = False) -> Flask:
+    """Build the app; models load in the background (or before returning, if background_load is off). With
+    `serve_grpc` (the server's worker processes) the gRPC endpoint starts too, on the same data plane."""
     settings = settings or Settings.from_env()
     require_device(settings.device)
     metrics = Metrics(os.environ.get("PROMETHEUS_MULTIPROC_DIR"), settings.state_dir or None)
@@ -53,6 +54,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         return response
 
     app.wsgi_app = FastPath(app.wsgi_app, plane)  # infer and health without Flask's per-request cost
+    if serve_grpc and settings.grpc_port:
+        from service.grpc_service import GrpcServer  # grpcio only where gRPC is served
+
+        app.extensions["nnserve-grpc"] = GrpcServer(plane, settings.grpc_address, settings.threads).start()
 
     def load_then_watch() -> None:
         registry.load_all()

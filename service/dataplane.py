@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -12,12 +13,14 @@ from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
 from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
-                              decode_infer_request, dumps, dumps_nonfinite, encode_infer_response, only_strings)
+                              dumps, dumps_nonfinite, only_strings)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
 
 MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times the --max-batch-size cap: a request's element cap
+T = TypeVar("T")
+Result = tuple[str, str, np.ndarray, bool]  # an output: name, V2 datatype, values, binary (HTTP only)
 # Triton's names of the extensions implemented (and only those)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
 
@@ -80,13 +83,14 @@ class DataPlane:
     def unload_model(self, name: str) -> None:
         self.registry.unload(name)
 
-    def infer(self, name: str, version: str | None, body: bytes,
-              header_length: int | None) -> tuple[bytes, int | None, LoadedModel]:
-        """Run one V2 inference request; return the response body, its binary header length, and the model."""
+    def infer(self, name: str, version: str | None, decode: Callable[[int], InferRequest],
+              encode: Callable[[LoadedModel, InferRequest, list[Result]], T]) -> tuple[T, LoadedModel]:
+        """Run one V2 inference request, whatever the transport: `decode(max_elements)` gives the request,
+        `encode(model, request, results)` the answer; results are (output, datatype, array, binary) tuples.
+        Returns (the encoded answer, the model). Errors are ServiceError, for the transport to map."""
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
-            request = decode_infer_request(body, header_length, self.settings.batch_limit(model.name) *
-                                           MAX_SAMPLE_ELEMENTS)
+            request = decode(self.settings.batch_limit(model.name) * MAX_SAMPLE_ELEMENTS)
             feed = model.check_request(request, model.max_batch_size)
             timing["decoded"] = time.perf_counter()
             if request.outputs is None:
@@ -100,9 +104,9 @@ class DataPlane:
                     results.append((output, "BYTES", classify(values[output], top_k, model.labels), binary))
                 else:
                     results.append((output, model.outputs[output]["datatype"], values[output], binary))
-            payload, header = encode_infer_response(model.name, model.version_str, request.id, results)
+            answer = encode(model, request, results)
             timing["encoded"] = time.perf_counter()
-        return payload, header, model
+        return answer, model
 
     def predict(self, name: str, body: bytes) -> tuple[bytes, LoadedModel]:
         """The convenience endpoint: {"instances": [...]} in, {"predictions": [...]} in the task's terms out (JSON

@@ -18,7 +18,8 @@ import orjson
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, PayloadTooLarge, ServiceError
-from service.protocol import HEADER_LENGTH, compress, decompress, dumps
+from service.protocol import (HEADER_LENGTH, compress, decode_infer_request, decompress, dumps,
+                              encode_infer_response)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("nnserve.access")
@@ -73,6 +74,11 @@ def log_access(request_id: str, method: str, route: str, status: int, model: str
             "version": version, "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
 
 
+def encode_http(model, request, results) -> tuple[bytes, int | None]:
+    """An infer answer as V2 JSON with Triton's binary tensors: (body, binary header length or None)."""
+    return encode_infer_response(model.name, model.version_str, request.id, results)
+
+
 def infer_http(plane: DataPlane, name: str, version: str | None, body: bytes, header_length: str | None,
                content_encoding: str | None, accept_encoding: str | None) -> tuple[bytes, list[tuple[str, str]], object]:
     """The HTTP infer call, for both the fast path and the Flask route: the body as read and the request's
@@ -85,7 +91,8 @@ def infer_http(plane: DataPlane, name: str, version: str | None, body: bytes, he
         length = int(header_length)
     # tritonclient sends no Content-Type, so the body is read raw whatever it says.
     body = decompress(body, content_encoding, plane.settings.max_body_bytes)
-    payload, binary_header, model = plane.infer(name, version, body, length)
+    (payload, binary_header), model = plane.infer(
+        name, version, lambda max_elements: decode_infer_request(body, length, max_elements), encode_http)
     headers = []
     if accept_encoding:
         payload, encoding = compress(payload, accept_encoding)

@@ -54,6 +54,9 @@ class Metrics:
         self.http_requests = Counter(
             "nnserve_http_requests", "HTTP requests by route template, method and status code.",
             ["route", "method", "status"], registry=r)
+        self.grpc_requests = Counter(
+            "nnserve_grpc_requests", "gRPC calls by method and status code (a stream counts each of its requests).",
+            ["method", "code"], registry=r)
 
     def for_model(self, model: str, version: str) -> "ModelMetrics":
         """The collectors of one model version with their labels bound once (labels() costs on every call)."""

@@ -84,7 +84,7 @@ class GunicornServer(BaseApplication):
     def load(self):
         from service.app import create_app  # in the worker, after the fork
 
-        return create_app(self.settings)
+        return create_app(self.settings, serve_grpc=True)
 
 
 PR_SET_PDEATHSIG = 1
@@ -145,7 +145,7 @@ def _granian_app(target: str, settings: Settings, master: int):
     from service.app import create_app
 
     forget_dead_workers(settings)
-    return create_app(settings)
+    return create_app(settings, serve_grpc=True)
 
 
 def run_granian(settings: Settings) -> None:

@@ -36,6 +36,10 @@ class Settings:
     """Address to listen on."""
     port: int = 8080
     """Port to listen on."""
+    grpc_port: int = 8081
+    """Port of the gRPC endpoint (Triton's GRPCInferenceService); 0 turns it off."""
+    grpc_host: str = ""
+    """Address of the gRPC endpoint; empty = the HTTP host."""
     server: str = "granian"
     """HTTP server: granian (Rust HTTP, measured fastest: docs/performance.md) or gunicorn (gthread workers)."""
     workers: int = 0
@@ -95,6 +99,8 @@ class Settings:
         if self.poll_seconds < 0:
             raise ValueError(f"poll_seconds: expected 0 or more, got {self.poll_seconds}")
         self._parse_batch_limits()
+        if not 0 <= self.grpc_port < 65536:
+            raise ValueError(f"grpc_port: expected 0 (off) to 65535, got {self.grpc_port}")
         for name in ("port", "threads", "max_body_bytes", "default_max_batch_size", "max_model_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
@@ -131,6 +137,11 @@ class Settings:
         if not default.strip().isdigit() or int(default) < 1:
             raise ValueError(f"max_batch_size: expected a positive number first, got {self.max_batch_size!r}")
         self._batch_default, self._batch_limits = int(default), limits
+
+    @property
+    def grpc_address(self) -> str:
+        host = self.grpc_host or self.host
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     @property
     def worker_count(self) -> int:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -115,8 +116,11 @@ class Server:
 
 
 def start_server(repo: Path, log_dir: Path, *args: str, env: dict | None = None, timeout: float = 60) -> Server:
-    """Start the real server and wait until /v2/health/ready answers 200."""
+    """Start the real server and wait until /v2/health/ready answers 200. gRPC is off unless `args` give a
+    --grpc-port (its default port would be shared, through SO_REUSEPORT, by every test server)."""
     port = free_port()
+    if "--grpc-port" not in args:
+        args = (*args, "--grpc-port", "0")
     log = log_dir / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -174,6 +178,31 @@ def publish_copy(repo: Path, model: str = "digits-mlp", source_version: int = 1,
         return files
 
     return artifact.publish_version(repo, model, build)[0]
+
+
+def answers_while(call, publish, version: str = "2", timeout: float = 30) -> tuple[list[str], list[str]]:
+    """Run `call()` (it returns the version that answered) in a loop on a thread while `publish()` runs, then until
+    the last 20 answers came from `version` (at most `timeout` s); return (failures, versions answered)."""
+    failures, versions, stop = [], [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                versions.append(call())
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                failures.append(repr(exc))
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        publish()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and versions[-20:].count(version) < 20:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join()
+    return failures, versions
 
 
 def truncate_model(files):

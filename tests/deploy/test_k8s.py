@@ -292,10 +292,11 @@ def test_the_service_selects_the_server_pods_only():
     assert service["type"] == "ClusterIP"
     assert selects(service["selector"], pod_labels("deployment.yaml"))
     assert not selects(service["selector"], pod_labels("models-seed-job.yaml")), "the seed Job is no server"
-    port_names = {p["name"] for p in container("deployment.yaml")["ports"]}
-    (port,) = service["ports"]
-    assert port["targetPort"] in port_names
-    assert port["port"] == 8080
+    ports = {p["name"]: p["containerPort"] for p in container("deployment.yaml")["ports"]}
+    assert {p["name"]: p["port"] for p in service["ports"]} == {"http": 8080, "grpc": 8081}
+    assert all(ports[p["targetPort"]] == p["port"] for p in service["ports"])
+    env = one("configmap.yaml")["data"]
+    assert (env["NNSERVE_PORT"], env["NNSERVE_GRPC_PORT"]) == (str(ports["http"]), str(ports["grpc"]))
 
 
 def test_the_deployment_selector_matches_its_pods():
@@ -361,7 +362,7 @@ def test_the_inference_service_and_the_runtime_agree():
     formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
     assert (model["modelFormat"]["name"], model["modelFormat"].get("version", "1")) in formats
     assert model["modelFormat"]["name"] == "onnx"
-    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] == ["v2"]
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
     # The storageUri names the repository folder (the one holding digits-mlp/1/), here the seeded PVC's root.
     match = re.fullmatch(r"pvc://([a-z0-9-]+)/(.*)", model["storageUri"])
     assert match and match.group(1) == one("pvc.yaml")["metadata"]["name"]

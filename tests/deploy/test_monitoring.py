@@ -76,7 +76,8 @@ def test_the_dashboard_queries_only_metrics_the_service_exposes(served):
     used = {name for e in exprs for name in re.findall(r"\b(nnserve_\w+)", e)}
     assert used and used <= names, used - names
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("requests per second", "p50", "p99", "errors", "batch size", "queue", "loaded model versions"):
+    for topic in ("requests per second", "p50", "p99", "errors", "batch size", "queue", "loaded model versions",
+                  "by protocol"):
         assert topic in titles
 
 

@@ -8,7 +8,6 @@ import http.client
 import json
 import shutil
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import SHIPPED_MODELS, start_server
+from tests.conftest import SHIPPED_MODELS, answers_while, start_server
 from tests.service import foreign_models as fm
 
 CORPUS = fm.build_corpus()
@@ -204,18 +203,8 @@ def test_a_model_copied_into_a_new_version_folder_is_served_with_no_failed_reque
     model = BY_NAME["multi-io"]
     data = (corpus_repo / model.name / "1" / "model.onnx").read_bytes()
     client = httpclient.InferenceServerClient(open_server.url)
-    failures, answered, stop = [], [], threading.Event()
 
-    def loop():
-        while not stop.is_set():
-            try:
-                answered.append(_infer(client, model, True).get_response()["model_version"])
-            except Exception as exc:  # noqa: BLE001 - every failure is counted
-                failures.append(repr(exc))
-
-    thread = threading.Thread(target=loop)
-    thread.start()
-    try:
+    def publish():
         folder = corpus_repo / model.name / "2"
         folder.mkdir()  # an empty version folder, then the file written in two halves, as a slow copy does
         time.sleep(0.8)
@@ -224,12 +213,8 @@ def test_a_model_copied_into_a_new_version_folder_is_served_with_no_failed_reque
             fh.flush()
             time.sleep(0.8)
             fh.write(data[len(data) // 2:])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and answered[-20:].count("2") < 20:
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        thread.join()
+
+    failures, answered = answers_while(lambda: _infer(client, model, True).get_response()["model_version"], publish)
     assert failures == [] and "1" in answered and answered[-20:] == ["2"] * 20, (failures[:3], answered[-20:])
 
 
