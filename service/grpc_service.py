@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
@@ -29,10 +30,12 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from service import __version__
 from service.dataplane import EXTENSIONS, DataPlane
 from service.errors import BadRequest, ModelNotFound, ModelNotReady, ServiceError, join_problems
+from service.fastpath import request_id_of
 from service.protocol import (MAX_DIMS, NUMPY_DTYPES, InferRequest, RequestedOutput, RequestInput, clip,
                               decode_bytes_elements, encode_bytes_elements)
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("nnserve.access")
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -206,8 +209,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.pool = pool
         self.counters: dict[tuple[str, str], Any] = {}
 
-    async def _call(self, method: str, context, work, *args):
-        """Run `work(*args)` on the pool; a ServiceError becomes the matching status, anything else INTERNAL."""
+    async def _call(self, method: str, context, request, work, *args):
+        """Run `work(*args)` on the pool for `request`; a ServiceError becomes the matching status, anything else
+        INTERNAL."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -220,14 +224,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             code = grpc.StatusCode.INTERNAL
             await context.abort(code, "internal server error")
         finally:
-            self._count(method, code, started)
+            self._count(method, code, started, request)
 
-    def _count(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _count(self, method: str, code: grpc.StatusCode, started: float, request=None) -> None:
+        """Count the call, and write its access log line when the access log is on."""
         key = (method, code.name)
         counter = self.counters.get(key)
         if counter is None:
             counter = self.counters[key] = self.plane.metrics.grpc_requests.labels(method, code.name)
         counter.inc()
+        if access_log.isEnabledFor(logging.INFO):
+            model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
+            version = getattr(request, "model_version", None) or getattr(request, "version", None) or None
+            access_log.info(orjson.dumps({
+                "request_id": request_id_of(getattr(request, "id", None)), "protocol": "grpc", "method": method,
+                "code": code.name, "model": model, "version": version,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
 
     def _authorize(self, context) -> None:
         token = self.plane.settings.repository_token
@@ -257,7 +269,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             except (ModelNotFound, ModelNotReady):
                 return False
             return True
-        return service_pb2.ModelReadyResponse(ready=await self._call("ModelReady", context, ready))
+        return service_pb2.ModelReadyResponse(ready=await self._call("ModelReady", context, request, ready))
 
     async def ModelMetadata(self, request, context):
         def metadata():
@@ -266,20 +278,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 name=doc["name"], versions=doc["versions"], platform=doc["platform"],
                 inputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in doc["inputs"]],
                 outputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in doc["outputs"]])
-        return await self._call("ModelMetadata", context, metadata)
+        return await self._call("ModelMetadata", context, request, metadata)
 
     async def ModelConfig(self, request, context):
         def config():
             doc = self.plane.model_config(request.name, request.version or None)
             return service_pb2.ModelConfigResponse(
                 config=json_format.ParseDict(doc, model_config_pb2.ModelConfig(), ignore_unknown_fields=True))
-        return await self._call("ModelConfig", context, config)
+        return await self._call("ModelConfig", context, request, config)
 
     async def ModelStatistics(self, request, context):
         def statistics():
             doc = self.plane.model_statistics(request.name or None, request.version or None)
             return json_format.ParseDict(doc, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
-        return await self._call("ModelStatistics", context, statistics)
+        return await self._call("ModelStatistics", context, request, statistics)
 
     # -- inference -----------------------------------------------------------------------------------------
     def _infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
@@ -289,7 +301,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return answer
 
     async def ModelInfer(self, request, context):
-        return await self._call("ModelInfer", context, self._infer, request)
+        return await self._call("ModelInfer", context, request, self._infer, request)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """One response per request, in order; an error is a response with error_message, as in Triton."""
@@ -311,7 +323,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.exception("unhandled error in gRPC ModelStreamInfer")
                 code = grpc.StatusCode.INTERNAL
                 yield service_pb2.ModelStreamInferResponse(error_message="internal server error")
-            self._count("ModelStreamInfer", code, started)
+            self._count("ModelStreamInfer", code, started, request)
 
     # -- repository ----------------------------------------------------------------------------------------
     async def RepositoryIndex(self, request, context):
@@ -320,7 +332,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return service_pb2.RepositoryIndexResponse(models=[
                 service_pb2.RepositoryIndexResponse.ModelIndex(**entry)
                 for entry in self.plane.repository_index(request.ready)])
-        return await self._call("RepositoryIndex", context, index)
+        return await self._call("RepositoryIndex", context, request, index)
 
     async def RepositoryModelLoad(self, request, context):
         def load():
@@ -330,14 +342,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                  "publish the version into the repository, then call load")
             self.plane.load_model(request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
-        return await self._call("RepositoryModelLoad", context, load)
+        return await self._call("RepositoryModelLoad", context, request, load)
 
     async def RepositoryModelUnload(self, request, context):
         def unload():
             self._authorize(context)
             self.plane.unload_model(request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
-        return await self._call("RepositoryModelUnload", context, unload)
+        return await self._call("RepositoryModelUnload", context, request, unload)
 
 
 def _unimplemented(name: str):

@@ -327,13 +327,13 @@ def test_sigterm_answers_every_grpc_call_already_started(tmp_path, kind):
     assert code == 0 and stopped < 20, stopped  # no worker waited for the 30 s kill
 
 
-def test_http_and_grpc_requests_are_batched_together(tmp_path):
+def test_http_and_grpc_requests_are_batched_together_and_logged_alike(tmp_path):
     model = next(m for m in CORPUS if m.name == "multi-io")
     fm.write_model(tmp_path / "repo", model)
     (tmp_path / "repo" / model.name / "config.pbtxt").write_text(
         "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 2000000 preferred_batch_size: [ 2 ] }\n")
     port = free_port()
-    srv = start_server(tmp_path / "repo", tmp_path, "--workers", "1", "--grpc-port", str(port))
+    srv = start_server(tmp_path / "repo", tmp_path, "--workers", "1", "--grpc-port", str(port), "--access-log")
     feed = {name: value[:1] for name, value in model.inputs.items()}
     body = json.dumps({"inputs": [{"name": n, "shape": list(v.shape), "datatype": np_to_triton_dtype(v.dtype),
                                    "data": v.reshape(-1).tolist()} for n, v in feed.items()]}).encode()
@@ -341,7 +341,7 @@ def test_http_and_grpc_requests_are_batched_together(tmp_path):
         with ThreadPoolExecutor(2) as pool:  # one request each way; the queue delay waits for the pair
             over_http = pool.submit(srv.request, "POST", f"/v2/models/{model.name}/infer", body)
             over_grpc = pool.submit(grpcclient.InferenceServerClient(f"127.0.0.1:{port}").infer, model.name,
-                                    _inputs(feed))
+                                    _inputs(feed), request_id="grpc-call-1")
             assert over_http.result(30)[0] == 200
             _same(over_grpc.result(30).as_numpy("sum"), fm.expected_outputs(model, feed)["sum"])
         metrics = srv.metrics()
@@ -349,3 +349,6 @@ def test_http_and_grpc_requests_are_batched_together(tmp_path):
         srv.stop()
     assert sample_value(metrics, "nnserve_inference_batch_size_count", model=model.name) == 1  # one run
     assert sample_value(metrics, "nnserve_inference_batch_size_sum", model=model.name) == 2  # of both requests
+    lines = [json.loads(line) for line in srv.log.read_text().splitlines() if '"protocol":"grpc"' in line]
+    call = next(line for line in lines if line["method"] == "ModelInfer")
+    assert call["request_id"] == "grpc-call-1" and call["code"] == "OK" and call["model"] == model.name
