@@ -6,6 +6,7 @@ import argparse
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,20 @@ def prepare_multiprocess_dir() -> str:
     return path
 
 
+def check_grpc_port(settings: Settings) -> None:
+    """Fail at once when the gRPC port cannot be bound, rather than in every worker after the fork (where gRPC
+    starts: its objects do not survive a fork). The workers bind it with SO_REUSEPORT, so this test does too."""
+    host = settings.grpc_host or settings.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, settings.grpc_port))
+        except OSError as exc:
+            raise SystemExit(f"python -m service: cannot listen for gRPC on {settings.grpc_address}: "
+                             f"{exc.strerror}; set --grpc-port (0 turns gRPC off)") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     prepare_multiprocess_dir()
@@ -82,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         if "CUDAExecutionProvider" not in providers:
             raise SystemExit(f"python -m service: device 'cuda' was asked for, but this ONNX Runtime offers only "
                              f"{providers}; install onnxruntime-gpu with its CUDA libraries, or use --device auto or cpu")
+    if settings.grpc_port:
+        check_grpc_port(settings)
     if not settings.state_dir:  # shared by the workers for load/unload calls and statistics
         settings.state_dir = tempfile.mkdtemp(prefix="nnserve-state-")
         remove_at_exit(settings.state_dir)

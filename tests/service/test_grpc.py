@@ -8,6 +8,9 @@ import asyncio
 import json
 import queue
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service import artifact
-from tests.conftest import SHIPPED_MODELS, answers_while, free_port, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, answers_while, free_port, start_server
 from tests.service import foreign_models as fm
 from tests.service.test_protocol_features import random_inputs
 from tests.service.test_server import sample_value
@@ -352,3 +355,14 @@ def test_http_and_grpc_requests_are_batched_together_and_logged_alike(tmp_path):
     lines = [json.loads(line) for line in srv.log.read_text().splitlines() if '"protocol":"grpc"' in line]
     call = next(line for line in lines if line["method"] == "ModelInfer")
     assert call["request_id"] == "grpc-call-1" and call["code"] == "OK" and call["model"] == model.name
+
+
+def test_a_grpc_port_in_use_stops_the_server_at_once_with_the_reason():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "service", "--port", str(free_port()), "--grpc-port", str(port),
+                                 "--models", str(SHIPPED_MODELS)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}: Address already in use" in result.stderr
