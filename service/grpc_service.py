@@ -1,10 +1,11 @@
 """The Open Inference Protocol over gRPC: Triton's `inference.GRPCInferenceService`, as tritonclient.grpc speaks it.
 
-The messages are tritonclient's own generated modules (`tritonclient.grpc.service_pb2`, `model_config_pb2`):
-the wire format of the client users run, with no code generation step. Every RPC calls the same DataPlane as
-HTTP, so models, validation, limits, batching, metrics and statistics are one; errors map from the HTTP status
-to the gRPC code. The server is grpc.aio, one per worker process on a shared port (SO_REUSEPORT), in a thread
-of its own; inference runs on a thread pool so that a long run does not hold the event loop.
+The messages are Triton's generated modules (`service.triton`, copied from the tritonclient wheel): the wire
+format of the client users run, with no code generation step and no tritonclient in the serving install. Every
+RPC calls the same DataPlane as HTTP, so models, validation, limits, batching, metrics and statistics are one;
+errors map from the HTTP status to the gRPC code. The server is grpc.aio, one per worker process on a shared
+port (SO_REUSEPORT), in a thread of its own; inference runs on a thread pool so that a long run does not hold
+the event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import numpy as np
 import orjson
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service import __version__
 from service.dataplane import EXTENSIONS, DataPlane
@@ -33,6 +33,7 @@ from service.errors import BadRequest, ModelNotFound, ModelNotReady, ServiceErro
 from service.fastpath import request_id_of
 from service.protocol import (MAX_DIMS, NUMPY_DTYPES, InferRequest, RequestedOutput, RequestInput, clip,
                               decode_bytes_elements, encode_bytes_elements)
+from service.triton import model_config_pb2, service_pb2
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("nnserve.access")
@@ -201,7 +202,7 @@ def handlers(servicer: "InferenceServicer") -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """The RPCs over one DataPlane; blocking work runs on `pool`."""
 
     def __init__(self, plane: DataPlane, pool: ThreadPoolExecutor):
