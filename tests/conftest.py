@@ -181,8 +181,9 @@ def publish_copy(repo: Path, model: str = "digits-mlp", source_version: int = 1,
 
 
 def answers_while(call, publish, version: str = "2", timeout: float = 30) -> tuple[list[str], list[str]]:
-    """Run `call()` (it returns the version that answered) in a loop on a thread while `publish()` runs, then until
-    the last 20 answers came from `version` (at most `timeout` s); return (failures, versions answered)."""
+    """Run `call()` (it returns the version that answered) in a loop on a thread; once it has answered, run
+    `publish()`, then go on until the last 20 answers came from `version` (at most `timeout` s); return (failures,
+    versions answered)."""
     failures, versions, stop = [], [], threading.Event()
 
     def loop():
@@ -195,6 +196,9 @@ def answers_while(call, publish, version: str = "2", timeout: float = 30) -> tup
     thread = threading.Thread(target=loop)
     thread.start()
     try:
+        deadline = time.monotonic() + timeout
+        while not (versions or failures) and time.monotonic() < deadline:  # the loop runs before the publish
+            time.sleep(0.01)
         publish()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and versions[-20:].count(version) < 20:
