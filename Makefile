@@ -90,7 +90,7 @@ lock:
 clean:
 	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache
 
-# The benchmark suite (bench/run.py): wrk, both venvs, the zoo run folders the torch app loads, then one run.
+# The benchmark suite (bench/run.py): wrk, h2load (gRPC),  both venvs, the zoo run folders the torch app loads, then one run.
 # BENCH_ARGS (e.g. --quick for 3 s runs) goes to bench.run only; results in bench/results/ (results.md, results.json, chart.png,
 # train_speed.json).
 BENCH_MODELS := digits-mlp digits-cnn co2-lstm digits-transformer
@@ -98,6 +98,7 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed
 	command -v wrk || (apt-get update && apt-get install -y wrk)
+	command -v h2load || (apt-get update && apt-get install -y nghttp2-client)
 	missing=$$(for m in $(BENCH_MODELS); do test -f runs/zoo/$$m/summary.json || echo $$m; done); \
 	test -z "$$missing" || $(DEV_VENV)/bin/python -m training zoo --out runs/zoo --only $$missing --quiet
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -5,7 +5,9 @@ One command (`make bench`, or `.venv-dev/bin/python -m bench.run [--quick] [--du
 1. measures the in-process floor: ONNX Runtime `session.run` median at batch 1 and 32 for each model;
 2. starts each server in turn on a free 127.0.0.1 port, waits for readiness, and drives it with wrk at
    concurrency 1, 8 and 64 for a fixed duration with a fixed one-sample V2 body:
-   - nnserve (`.venv/bin/python -m service --models models --port P`, its defaults; JSON and binary bodies),
+   - nnserve (`.venv/bin/python -m service --models models --port P`, its defaults; JSON and binary bodies,
+     and its gRPC endpoint driven by h2load, from Debian's nghttp2-client, with unary ModelInfer calls:
+     h2load gives no percentiles, so gRPC rows have the mean and the maximum latency),
    - the naive baseline (bench/naive_app.py under gunicorn gthread, 2 workers x 4 threads; JSON),
    - torch eager behind the same naive app (bench/torch_app.py, same gunicorn settings, `.venv-dev`; JSON);
 3. records requests/s, p50/p99 latency, errors (non-2xx + socket errors), server CPU microseconds per request
@@ -16,7 +18,7 @@ One command (`make bench`, or `.venv-dev/bin/python -m bench.run [--quick] [--du
 wrk runs on the same machine as the server, so the client takes CPU from the server: the figures are for a
 client and a server sharing the cores, and the report says so.
 
-Needs: wrk on PATH, `.venv` and `.venv-dev`, and finished zoo run folders in runs/zoo for the torch app
+Needs: wrk and h2load on PATH, `.venv` and `.venv-dev`, and finished zoo run folders in runs/zoo for the torch app
 (`make bench` provides all three).
 """
 
@@ -27,6 +29,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -40,6 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from bench import grpc_h2load
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["digits-mlp", "digits-cnn", "co2-lstm", "digits-transformer"]
@@ -193,8 +198,9 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
     return {
         "nnserve": {
             "argv": lambda port: [*service, str(repository), "--port", str(port)],
-            "env": {}, "encodings": ["json", "binary"],
-            "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, no dynamic batching)",
+            "env": {}, "encodings": ["json", "binary", "grpc"],
+            "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, no dynamic batching; "
+                        "gRPC driven by h2load)",
         },
         # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
         **{name: {"argv": lambda port, flags=flags: [*service, str(repository), "--port", str(port), *flags],
@@ -224,9 +230,10 @@ class Server:
     def __init__(self, name: str, spec: dict, log_dir: Path):
         self.name, self.spec = name, spec
         self.port = free_port()
+        self.grpc_port = free_port()  # nnserve's gRPC endpoint (the other servers ignore the variable)
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "wb")
-        env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "NNSERVE_GRPC_PORT": str(self.grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(spec["argv"](self.port), cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -309,7 +316,12 @@ end
 
 
 def write_script(workdir: Path, model: str, encoding: str) -> tuple[Path, bytes, dict]:
+    """wrk's Lua script for an HTTP encoding; for gRPC the body file that h2load sends."""
     x = sample(model)
+    if encoding == "grpc":
+        body_path = workdir / f"{model}.grpc.body"
+        body_path.write_bytes(grpc_h2load.body(model))
+        return body_path, body_path.read_bytes(), {}
     if encoding == "json":
         body, headers = json_body(x), {"Content-Type": "application/json"}
         extra = ""
@@ -335,8 +347,63 @@ def wrk(url: str, script: Path, connections: int, seconds: float, threads: int) 
     return json.loads(line[len("BENCH_JSON "):]), result.stdout
 
 
+GRPC_URL = "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+H2LOAD_TIME = re.compile(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)")
+
+
+def _h2load_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def h2load(port: int, body: Path, connections: int, seconds: float) -> dict:
+    """One h2load run of unary ModelInfer calls (one in flight per connection)."""
+    argv = ["h2load", "-D", str(max(1, round(seconds))), "-c", str(connections), "-m", "1", "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers", GRPC_URL.format(port=port)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                     r"(\d+) timeout", result.stdout)
+    wall = re.search(r"finished in ([0-9.]+)s", result.stdout)
+    times = H2LOAD_TIME.search(result.stdout)
+    if result.returncode != 0 or not (done and wall and times):
+        raise RuntimeError(f"h2load failed ({result.returncode}): {result.stdout}\n{result.stderr}")
+    total, finished, ok, failed, errored, timeout = map(int, done.groups())
+    return {"requests": finished, "ok": ok, "errors": failed + errored + timeout, "duration_s": float(wall.group(1)),
+            "max_ms": _h2load_ms(times.group(2)), "mean_ms": _h2load_ms(times.group(3)), "stdout": result.stdout}
+
+
+def grpc_failures(server: Server) -> float:
+    """Calls the server answered with a gRPC status other than OK (HTTP/2 says 200 for them all)."""
+    _, _, text = server.request("GET", "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+               if line.startswith("nnserve_grpc_requests_total{") and 'code="OK"' not in line)
+
+
+def measure_grpc(server: Server, model: str, body: Path, connections: int, seconds: float) -> dict:
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    failed0, cpu0 = grpc_failures(server), tree_cpu_seconds(server.proc.pid)
+    stats = h2load(server.grpc_port, body, connections, seconds)
+    cpu1, failed1 = tree_cpu_seconds(server.proc.pid), grpc_failures(server)
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests, wall = stats["requests"], stats["duration_s"]
+    client_cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return {
+        "server": server.name, "model": model, "encoding": "grpc", "concurrency": connections,
+        "duration_s": wall, "requests": requests, "rps": requests / wall if wall else 0.0,
+        "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": stats["max_ms"], "mean_ms": stats["mean_ms"],
+        "errors": stats["errors"] + int(failed1 - failed0), "non_2xx": int(failed1 - failed0),
+        "socket_errors": stats["errors"],
+        "server_cpu_s": cpu1 - cpu0, "cpu_us_per_request": (cpu1 - cpu0) * 1e6 / requests if requests else None,
+        "server_cores_busy": (cpu1 - cpu0) / wall if wall else None,
+        "wrk_cpu_s": client_cpu, "wrk_cores_busy": client_cpu / wall if wall else None,
+        "wrk_stdout": stats["stdout"],
+    }
+
+
 def measure(server: Server, model: str, encoding: str, script: Path, connections: int, seconds: float,
             wrk_threads: int) -> dict:
+    if encoding == "grpc":
+        return measure_grpc(server, model, script, connections, seconds)
     url = f"http://127.0.0.1:{server.port}/v2/models/{model}/infer"
     usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped in between
     cpu0 = tree_cpu_seconds(server.proc.pid)
@@ -409,6 +476,17 @@ def check_targets(doc: dict) -> list[dict]:
 
 
 def check_answer(server: Server, model: str, encoding: str, body: bytes, headers: dict) -> dict[str, list]:
+    if encoding == "grpc":
+        import grpc
+
+        from service.triton import service_pb2
+
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                                       response_deserializer=service_pb2.ModelInferResponse.FromString)
+            answer = call(body[5:], timeout=30)  # the message without gRPC's 5-byte length prefix
+        return {o.name: np.frombuffer(raw, dtype="<f4").reshape(list(o.shape)).tolist()
+                for o, raw in zip(answer.outputs, answer.raw_output_contents)}
     status, resp_headers, resp = server.request("POST", f"/v2/models/{model}/infer", body, headers)
     if status != 200:
         raise RuntimeError(f"{server.name} {model} {encoding}: status {status}: {resp[:300]!r}")
@@ -580,6 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: --duration must be at least 1 s and --warmup at least 0 (wrk takes whole seconds)")
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install -y wrk, or `make bench`)")
+    if "nnserve" in args.servers and shutil.which("h2load") is None:
+        raise SystemExit("bench: h2load drives nnserve's gRPC and is not installed (apt-get install -y "
+                         "nghttp2-client, or `make bench`)")
     if "torch" in args.servers:
         missing = [m for m in args.models if not (args.runs / m / "summary.json").is_file()]
         if missing:
@@ -624,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
                         script, body, headers = write_script(workdir, model, encoding)
                         try:
                             answers[(name, model, encoding)] = check_answer(server, model, encoding, body, headers)
-                            if warmup:
+                            if warmup and encoding == "grpc":
+                                h2load(server.grpc_port, script, max(args.concurrency), warmup)
+                            elif warmup:
                                 wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", script,
                                     max(args.concurrency), warmup, args.wrk_threads)
                         except Exception as exc:  # record and go on with the next model
@@ -634,8 +717,9 @@ def main(argv: list[str] | None = None) -> int:
                         for c in args.concurrency:
                             row = measure(server, model, encoding, script, c, duration, args.wrk_threads)
                             doc["runs"].append(row)
-                            print(f"  {model:<20} {encoding:<6} c={c:<3} {row['rps']:8.0f} req/s  "
-                                  f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+                            latency = (f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms" if encoding != "grpc"
+                                       else f"mean {row['mean_ms']:6.2f} ms  max {row['max_ms']:7.2f} ms")
+                            print(f"  {model:<20} {encoding:<6} c={c:<3} {row['rps']:8.0f} req/s  {latency}  "
                                   f"errors {row['errors']}  cpu {fmt(row['cpu_us_per_request'])} µs/req", flush=True)
                 doc["memory"][name]["after_runs"] = tree_memory(server.proc.pid)
                 if name == "nnserve" and args.soak_requests and "digits-mlp" in args.models:
