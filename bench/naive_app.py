@@ -1,4 +1,4 @@
-"""The naive baseline of issue 6: one file, Flask + ONNX Runtime, V2 JSON in and out, no batching.
+"""The naive baseline: one file, Flask + ONNX Runtime, V2 JSON in and out, no batching.
 
 What a user writes on a first afternoon, deliberately: default ONNX Runtime session options, the JSON body
 parsed by Flask, `np.asarray(data, dtype=float32).reshape(shape)`, `session.run`, `.tolist()` back out.

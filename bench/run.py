@@ -451,7 +451,7 @@ TARGETS = [  # (what, model, encoding, concurrency, ratio to the baseline, limit
 
 
 def check_targets(doc: dict) -> list[dict]:
-    """Issue 6's targets, each as a ratio in this run."""
+    """The performance targets, each as a ratio in this run."""
     rows = {(r["server"], r["model"], r["encoding"], r["concurrency"]): r for r in doc["runs"]}
     results = []
     for what, model, encoding, c, figure, limit, higher in TARGETS:
@@ -581,7 +581,7 @@ def write_markdown(path: Path, doc: dict) -> None:
                   f"MiB after the runs above, {k['rss_mib_after']:.1f} MiB after {k['requests']:,} more requests "
                   f"({k['rss_growth']:+.2%}); errors {k['errors']}.", ""]
     if doc.get("targets"):
-        lines += ["## Issue 6 targets, in this run", "", "| target | value | met |", "|---|--:|:-:|"]
+        lines += ["## Performance targets, in this run", "", "| target | value | met |", "|---|--:|:-:|"]
         for t in doc["targets"]:
             v = t["value"]
             shown = "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
