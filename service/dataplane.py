@@ -13,7 +13,7 @@ from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
 from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
-                              dumps, dumps_nonfinite, only_strings)
+                              ACCEPTED_JSON_KINDS, dumps, dumps_nonfinite, element_types)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -204,10 +204,10 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             array = np.asarray(columns[spec["name"]])
         except ValueError:
             raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
-        kinds = {"BYTES": "U", "BOOL": "b"}.get(spec["datatype"], "iu" if spec["datatype"][0] in "IU" else "iuf")
+        kinds = ACCEPTED_JSON_KINDS.get(spec["datatype"], "U")  # BYTES: strings
         if array.dtype.kind not in kinds or (array.dtype.kind in "iuf" and array.size and contains_bool(
                 columns[spec["name"]], array.ndim)) or (  # [true, 0] reads as [1, 0]
-                array.dtype.kind == "U" and not only_strings(columns[spec["name"]], array.ndim)):  # ["a", 1] too
+                array.dtype.kind == "U" and not element_types(columns[spec["name"]], array.ndim) <= {str}):
             problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
             inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
             continue

@@ -320,11 +320,7 @@ def select_versions(policy: dict, available: list[int]) -> tuple[list[int], int 
 
 def version_policy(fields: dict | None) -> dict | None:
     """The version_policy of a parsed config.pbtxt, normalized; None when it has none."""
-    return _version_policy(fields or {})
-
-
-def _version_policy(fields: dict) -> dict | None:
-    block = _one(fields, "version_policy", dict, "")
+    block = _one(fields or {}, "version_policy", dict, "")
     if block is None:
         return None
     kinds = [k for k in ("latest", "all", "specific") if k in block]
@@ -603,7 +599,7 @@ def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[Gra
         raise ConfigError(f"dynamic batching preferred size must be <= max batch size for {folder}")
     ignored = [k for k in IGNORED_FIELDS if k in fields]
     return ModelConfig(name=folder, max_batch_size=max_batch_size, inputs=inputs, outputs=outputs,
-                       version_policy=_version_policy(fields) or default_version_policy or {"latest": {"num_versions": 1}},
+                       version_policy=version_policy(fields) or default_version_policy or {"latest": {"num_versions": 1}},
                        dynamic_batching=batching, parameters=_parameters(fields),
                        model_warmup=_warmup(fields), default_model_filename=filename, ignored=ignored)
 

@@ -55,15 +55,23 @@ def clip(name: str) -> str:
     return name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "..."
 
 
-def contains_bool(data: list, depth: int) -> bool:
-    """True when the regular nested list `data` (`depth` levels) holds a JSON true or false.
-
-    numpy turns [true, 0] into the integers [1, 0] (bool is a subclass of int), so a boolean in a numeric tensor
-    is found only on the Python objects. The scan runs in C (itertools and map), about 20 ns an element."""
+def leaves(data: list, depth: int) -> Any:
+    """The elements of the regular nested list `data` (`depth` levels), row-major, as an iterator that runs in C."""
     items: Any = data
     for _ in range(depth - 1):
         items = itertools.chain.from_iterable(items)
-    return bool in set(map(type, items))
+    return items
+
+
+def element_types(data: list, depth: int) -> set[type]:
+    """The Python types of the elements of `data`, about 20 ns an element. numpy reads [true, 0] as the integers
+    [1, 0] and ["a", 1] as two strings, so what the JSON held is found only on the Python objects."""
+    return set(map(type, leaves(data, depth)))
+
+
+def contains_bool(data: list, depth: int) -> bool:
+    """True when the regular nested list `data` (`depth` levels) holds a JSON true or false."""
+    return bool in element_types(data, depth)
 
 
 @dataclass
@@ -149,10 +157,7 @@ def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[
 
 def _wide_integers(data: list, raw: np.ndarray, datatype: str) -> np.ndarray:
     """JSON integers beyond int64 (or mixed with ones that are) as `datatype`, when every element is an integer."""
-    items: Any = data
-    for _ in range(raw.ndim - 1):
-        items = itertools.chain.from_iterable(items)
-    if set(map(type, items)) != {int}:
+    if element_types(data, raw.ndim) != {int}:
         return raw
     try:
         return np.array(data, dtype=NUMPY_DTYPES[datatype])
@@ -160,21 +165,9 @@ def _wide_integers(data: list, raw: np.ndarray, datatype: str) -> np.ndarray:
         return raw
 
 
-def only_strings(data: list, depth: int) -> bool:
-    """True when every element of the regular nested list `data` (`depth` levels) is a string (numpy reads
-    ["a", 1] as two strings)."""
-    items: Any = data
-    for _ in range(depth - 1):
-        items = itertools.chain.from_iterable(items)
-    return set(map(type, items)) <= {str}
-
-
 def _strings_from_json(where: str, data: list, raw: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
     """BYTES elements given as JSON strings: every element a string."""
-    items: Any = data
-    for _ in range(raw.ndim - 1):
-        items = itertools.chain.from_iterable(items)
-    items = list(items) if raw.ndim else [data]
+    items = list(leaves(data, raw.ndim))
     if raw.size and (raw.dtype.kind != "U" or set(map(type, items)) != {str}):
         found = sorted({type(x).__name__ for x in items if not isinstance(x, str)}) or [raw.dtype.name]
         return None, f"{where}.data: expected BYTES elements as JSON strings, got {', '.join(found)} among them"

@@ -333,8 +333,9 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
     metadata = _nnserve_metadata(version_dir, filename)
     path = version_dir / filename
     try:
-        if path.stat().st_size > max_model_bytes:  # a graph's own bytes count against the limit too
-            raise LoadError(f"{filename}: {path.stat().st_size} bytes, more than the limit of {max_model_bytes} "
+        size = path.stat().st_size
+        if size > max_model_bytes:  # a graph's own bytes count against the limit too
+            raise LoadError(f"{filename}: {size} bytes, more than the limit of {max_model_bytes} "
                             "(NNSERVE_MAX_MODEL_BYTES)")
         data = path.read_bytes()
     except OSError as exc:
