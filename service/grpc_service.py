@@ -126,6 +126,10 @@ def _tensor_data(where: str, tensor, chunk: bytes | None, datatype: str, count: 
     if field is None:
         raise BadRequest(f"{where}: {datatype} data must be sent as raw_input_contents")
     values = getattr(tensor.contents, field)
+    if not values and count:
+        others = sorted({f.name for f, _ in tensor.contents.ListFields()} - {field})
+        if others:
+            raise BadRequest(f"{where}.contents: {datatype} is read from {field}, got {', '.join(others)}")
     if len(values) != count:
         raise BadRequest(f"{where}.contents.{field}: shape needs {count} elements, got {len(values)}")
     if datatype == "BYTES":

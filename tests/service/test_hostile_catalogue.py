@@ -6,6 +6,11 @@ ready and still answer a normal digits-mlp inference exactly as before. The last
 the catalogue sent, that no error response carries a stack trace or a filesystem path, that the server logged no
 traceback, and that its worker is the one it started with (none crashed and was respawned).
 
+The same server's gRPC port gets its own cases (GRPC_CASES): malformed protobuf, raw contents that do not match
+the shape, more raw contents than inputs, a 2 GiB declared size, unknown datatypes and the like, each sent as
+bytes to ModelInfer and to a ModelStreamInfer stream. Each gets its status code and a message naming the field,
+never a stack trace or a path, and the server answers HTTP and gRPC as before.
+
 Hostile inputs covered elsewhere, not repeated here: test_server.py (BAD_REQUESTS: wrong shape, datatype and
 element count, an unknown datatype, strings for numbers, NaN as a JSON token, unknown input, output, model and
 version, batch too large; invalid JSON; a body and a Content-Length over the limit; an Inference-Header-Content-
@@ -44,10 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.conftest import ROOT, SHIPPED_MODELS, send, start_server, worker_pids
+from tests.conftest import ROOT, SHIPPED_MODELS, free_port, send, start_server, worker_pids
 
 TOKEN = "catalogue-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -428,8 +435,10 @@ def peak_rss_kb(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    grpc_port = free_port()
     srv = start_server(SHIPPED_MODELS, tmp_path_factory.mktemp("catalogue"), "--workers", "1",
-                       env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
+                       "--grpc-port", str(grpc_port), env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
+    srv.grpc_url = f"127.0.0.1:{grpc_port}"
     status, _, data = send(srv.port, "POST", MLP, body())
     assert status == 200
     BASELINE["data"] = json.loads(data)["outputs"][0]["data"]
@@ -488,6 +497,134 @@ def test_no_error_response_shows_a_stack_trace_or_a_path(server, tmp_path_factor
         text = "\n".join([data.decode("utf-8", "replace"), json.loads(data)["error"], json.dumps(headers)])
         leaked = [f for f in forbidden if f in text]
         assert not leaked, (case_id, leaked, text[:500])
+
+
+# gRPC: each case is one ModelInfer message, sent as bytes so that malformed protobuf can be sent too, to the same
+# server's gRPC port. Each gets its error status with a message naming the field; the server stays healthy.
+def infer_message(model="digits-mlp", inputs=(("input", "FP32", [1, 64]),), raw=(b"\0" * 256,), **fields) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name=model, **fields)
+    for name, datatype, shape in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+    request.raw_input_contents.extend(raw)
+    return request.SerializeToString()
+
+
+def typed_message(**contents) -> bytes:
+    request = service_pb2.ModelInferRequest(model_name="digits-mlp")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64], contents=contents)
+    return request.SerializeToString()
+
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+GRPC_CASES: dict[str, tuple[bytes, grpc.StatusCode, str]] = {
+    "malformed protobuf: a field that claims 4 GiB": (
+        b"\x0a\xff\xff\xff\xff\x0f garbage", INVALID, "the request is not a valid ModelInferRequest message"),
+    "malformed protobuf: truncated in a field": (
+        infer_message()[:-100], INVALID, "the request is not a valid ModelInferRequest message"),
+    "malformed protobuf: a wire type that does not exist": (
+        b"\x0f\x01", INVALID, "the request is not a valid ModelInferRequest message"),
+    "raw contents whose size does not match the shape": (
+        infer_message(raw=[b"\0" * 100]), INVALID, "needs 256 bytes of raw contents, got 100"),
+    "more raw contents than inputs": (
+        infer_message(raw=[b"\0" * 256, b"\0" * 4]), INVALID, "raw_input_contents: 2 given for 1 inputs"),
+    "a 2 GiB declared size": (
+        infer_message(inputs=[("input", "FP32", [1, 1 << 29])]), INVALID, "more than the limit of"),
+    "a declared size that overflows int64": (
+        infer_message(inputs=[("input", "FP32", [1 << 40, 1 << 40])]), INVALID, "input 'input'.shape: expected"),
+    "a negative dimension": (
+        infer_message(inputs=[("input", "FP32", [-1, 64])]), INVALID, "non-negative integers, got [-1, 64]"),
+    "an unknown datatype": (
+        infer_message(inputs=[("input", "FLOAT32", [1, 64])]), INVALID, "datatype: expected one of"),
+    "an empty datatype": (
+        infer_message(inputs=[("input", "", [1, 64])]), INVALID, "datatype: expected one of"),
+    "no inputs at all": (infer_message(inputs=(), raw=()), INVALID, "inputs: expected at least one tensor"),
+    "an unknown input": (
+        infer_message(inputs=[("pixels", "FP32", [1, 64])]), INVALID, "unexpected input 'pixels'"),
+    "an unknown output": (
+        infer_message(outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="logits")]),
+        INVALID, "unknown output 'logits'"),
+    "typed contents of the wrong count": (
+        typed_message(fp32_contents=[1.0] * 3), INVALID, "fp32_contents: shape needs 64 elements, got 3"),
+    "typed contents of another datatype": (
+        typed_message(int_contents=[1] * 64), INVALID, "FP32 is read from fp32_contents, got int_contents"),
+    "typed and raw contents together": (
+        infer_message(inputs=()) + typed_message(fp32_contents=[0.0] * 64),  # concatenated messages merge
+        INVALID, "has both contents and raw_input_contents"),
+    "an unknown model": (
+        infer_message(model="no-such-model"), NOT_FOUND, "Request for unknown model: 'no-such-model' is not found"),
+    "a model name that is a path": (infer_message(model="../digits-mlp"), NOT_FOUND, "unknown model"),
+    "a version that is not a number": (
+        infer_message(model_version="latest"), INVALID, "model version must be a positive integer, got 'latest'"),
+    "an unknown version": (infer_message(model_version="999"), NOT_FOUND, "'digits-mlp' version 999 is not found"),
+}
+GRPC_ERRORS: dict[str, str] = {}  # case id -> the details of its error status
+
+
+def grpc_infer(server, message: bytes) -> bytes:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        return call(message, timeout=30)
+
+
+def assert_grpc_still_healthy(server) -> None:
+    assert_still_healthy(server)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+        answer = stub.ModelInfer(service_pb2.ModelInferRequest.FromString(
+            infer_message(raw=[np.array([PIXELS], "<f4").tobytes()])), timeout=10)
+    got = np.frombuffer(answer.raw_output_contents[0], "<f4")
+    np.testing.assert_allclose(got, BASELINE["data"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(GRPC_CASES))
+def test_hostile_grpc_message(server, case):
+    message, code, fragment = GRPC_CASES[case]
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_infer(server, message)
+    details = caught.value.details()
+    GRPC_ERRORS[case] = details
+    assert caught.value.code() == code, details
+    assert fragment in details, details
+    assert len(details) < 10_000, "an error message grows with the request"
+    assert_grpc_still_healthy(server)
+
+
+def test_a_grpc_message_over_the_size_limit_is_refused(server):
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_infer(server, infer_message(raw=[b"\0" * (17 << 20)]))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    assert_grpc_still_healthy(server)
+
+
+def test_a_stream_answers_each_hostile_message_with_an_error_and_goes_on(server):
+    good = infer_message(raw=[np.array([PIXELS], "<f4").tobytes()])
+    messages = [GRPC_CASES[c][0] for c in GRPC_CASES if not c.startswith("malformed")] + [good]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+        answers = list(stream(iter(messages), timeout=60))
+    assert len(answers) == len(messages)
+    assert all(a.error_message for a in answers[:-1]), [a.error_message for a in answers]
+    assert not answers[-1].error_message
+    got = np.frombuffer(answers[-1].infer_response.raw_output_contents[0], "<f4")
+    np.testing.assert_allclose(got, BASELINE["data"], rtol=1e-6)
+    GRPC_ERRORS.update({f"stream {i}": a.error_message for i, a in enumerate(answers[:-1])})
+
+
+def test_no_grpc_error_shows_a_stack_trace_or_a_path(server, tmp_path_factory):
+    for case, (message, _, _) in GRPC_CASES.items():  # when only some cases ran (-k), send the others now
+        if case not in GRPC_ERRORS:
+            with pytest.raises(grpc.RpcError) as caught:
+                grpc_infer(server, message)
+            GRPC_ERRORS[case] = caught.value.details()
+    forbidden = forbidden_texts(tmp_path_factory.getbasetemp())
+    for case, details in GRPC_ERRORS.items():
+        leaked = [f for f in forbidden if f in details]
+        assert not leaked, (case, leaked, details[:500])
+
 
 
 def test_the_server_logged_no_traceback_and_kept_its_worker(server):
