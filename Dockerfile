@@ -28,7 +28,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     NNSERVE_PORT=8080 \
     NNSERVE_GRPC_PORT=8081 \
     NNSERVE_MODELS=/models
-RUN groupadd --gid 10001 nnserve \
+# nginx fronts the gRPC port (docs/grpc.md)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 nnserve \
     && useradd --uid 10001 --gid 10001 --home-dir /home/nnserve --create-home --shell /usr/sbin/nologin nnserve
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
@@ -47,7 +52,7 @@ FROM ${CUDA_IMAGE} AS runtime-gpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv nginx \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements/serve.lock /tmp/serve.lock
 RUN python3 -m venv /opt/venv \

@@ -30,10 +30,16 @@ $(DEV_VENV)/.installed: pyproject.toml requirements/dev.lock
 	$(DEV_VENV)/bin/python -m pip install -q -c requirements/dev.lock -e '.[dev]'
 	touch $@
 
+# nginx fronts the gRPC port (docs/grpc.md); without it grpcio alone serves gRPC, at about a third of the speed.
+NGINX_INSTALL = command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+	(apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx)
+
 serve: $(SERVE_VENV)/.installed
+	$(NGINX_INSTALL) || echo "make serve: nginx could not be installed; grpcio alone serves gRPC (docs/grpc.md)"
 	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --models $(MODELS)
 
 test: $(DEV_VENV)/.installed
+	$(NGINX_INSTALL)
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The images, built and run for real: podman from Debian (deploy/container/setup-podman.sh), a local
@@ -88,17 +94,24 @@ lock:
 	$(DEV_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^nnserve' | sed 's/+cpu$$//' > requirements/dev.lock
 
 clean:
-	rm -rf $(SERVE_VENV) $(DEV_VENV) build *.egg-info .pytest_cache
+	rm -rf $(SERVE_VENV) $(DEV_VENV) .venv-pytriton build *.egg-info .pytest_cache
 
-# The benchmark suite (bench/run.py): wrk, h2load (gRPC),  both venvs, the zoo run folders the torch app loads, then one run.
+# The benchmark suite (bench/run.py): wrk, h2load (gRPC), nginx, the venvs (PyTriton's in .venv-pytriton), the zoo run
+# folders the torch app loads, then one run.
 # BENCH_ARGS (e.g. --quick for 3 s runs) goes to bench.run only; results in bench/results/ (results.md, results.json, chart.png,
 # train_speed.json).
 BENCH_MODELS := digits-mlp digits-cnn co2-lstm digits-transformer
 BENCH_ARGS ?=
 .PHONY: bench
-bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed
+.venv-pytriton/.installed:
+	test -x .venv-pytriton/bin/python || $(PYTHON) -m venv .venv-pytriton
+	.venv-pytriton/bin/python -m pip install -q nvidia-pytriton==0.5.14 onnxruntime==1.31.1
+	touch $@
+
+bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed .venv-pytriton/.installed
 	command -v wrk || (apt-get update && apt-get install -y wrk)
 	command -v h2load || (apt-get update && apt-get install -y nghttp2-client)
+	$(NGINX_INSTALL)
 	missing=$$(for m in $(BENCH_MODELS); do test -f runs/zoo/$$m/summary.json || echo $$m; done); \
 	test -z "$$missing" || $(DEV_VENV)/bin/python -m training zoo --out runs/zoo --only $$missing --quiet
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -10,6 +10,8 @@ One command (`make bench`, or `.venv-dev/bin/python -m bench.run [--quick] [--du
      h2load gives no percentiles, so gRPC rows have the mean and the maximum latency),
    - the naive baseline (bench/naive_app.py under gunicorn gthread, 2 workers x 4 threads; JSON),
    - torch eager behind the same naive app (bench/torch_app.py, same gunicorn settings, `.venv-dev`; JSON);
+   - PyTriton, a real tritonserver, with ONNX Runtime in its Python callable (bench/pytriton_app.py,
+     `.venv-pytriton`; its gRPC endpoint, digits-mlp and digits-cnn), for nnserve's gRPC to be compared with;
 3. records requests/s, p50/p99 latency, errors (non-2xx + socket errors), server CPU microseconds per request
    (utime+stime of the server's whole process tree from /proc, before and after), wrk's own CPU, and every
    figure as a ratio to the naive baseline's in the same run; RSS (and PSS) of each server's process tree;
@@ -18,8 +20,8 @@ One command (`make bench`, or `.venv-dev/bin/python -m bench.run [--quick] [--du
 wrk runs on the same machine as the server, so the client takes CPU from the server: the figures are for a
 client and a server sharing the cores, and the report says so.
 
-Needs: wrk and h2load on PATH, `.venv` and `.venv-dev`, and finished zoo run folders in runs/zoo for the torch app
-(`make bench` provides all three).
+Needs: wrk and h2load on PATH, `.venv`, `.venv-dev` and `.venv-pytriton`, and finished zoo run folders in runs/zoo
+for the torch app (`make bench` provides them all).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import shutil
 import signal
 import socket
 import statistics
+import sysconfig
 import subprocess
 import sys
 import tempfile
@@ -189,7 +192,8 @@ FLAG_VARIANTS = {
     "nnserve-32-threads": (["--threads", "32"], ""),
     "nnserve-1-worker": (["--workers", "1"], " (ONNX Runtime then gets 2 threads)"),
 }
-SERVERS = ["nnserve", "naive", "torch", *FLAG_VARIANTS, "nnserve-batched"]
+SERVERS = ["nnserve", "naive", "torch", "pytriton", *FLAG_VARIANTS, "nnserve-batched"]
+PYTRITON_MODELS = ["digits-mlp", "digits-cnn"]  # what bench/pytriton_app.py serves
 
 
 def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path) -> dict[str, dict]:
@@ -217,6 +221,15 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
             "env": {"NAIVE_MODELS": ",".join(models), "NAIVE_REPOSITORY": str(repository)}, "encodings": ["json"],
             "describe": "bench/naive_app.py: Flask + ORT, gunicorn gthread 2 workers x 4 threads",
         },
+        "pytriton": {  # the gRPC port comes from NNSERVE_GRPC_PORT, which Server sets for every server
+            "argv": lambda port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py", str(port),
+                                  os.environ["NNSERVE_GRPC_PORT"], str(free_port()),
+                                  *[m for m in models if m in PYTRITON_MODELS]],
+            "env": {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")}, "encodings": ["grpc"],
+            "models": PYTRITON_MODELS,
+            "describe": "bench/pytriton_app.py: PyTriton 0.5.14 (tritonserver 2.51), ONNX Runtime in its Python "
+                        "callable, max_batch_size 64; its gRPC endpoint driven by h2load",
+        },
         "torch": {
             "argv": lambda port: [str(ROOT / ".venv-dev/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
                                   "bench.torch_app:create_app()"],
@@ -235,6 +248,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "NNSERVE_GRPC_PORT": str(self.grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ["NNSERVE_GRPC_PORT"] = str(self.grpc_port)  # for argv builders that need the gRPC port
         self.proc = subprocess.Popen(spec["argv"](self.port), cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -373,7 +387,10 @@ def h2load(port: int, body: Path, connections: int, seconds: float) -> dict:
 
 
 def grpc_failures(server: Server) -> float:
-    """Calls the server answered with a gRPC status other than OK (HTTP/2 says 200 for them all)."""
+    """Calls nnserve answered with a gRPC status other than OK (HTTP/2 says 200 for them all); PyTriton's answers
+    are checked once by check_answer."""
+    if not server.name.startswith("nnserve"):
+        return 0.0
     _, _, text = server.request("GET", "/metrics")
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
                if line.startswith("nnserve_grpc_requests_total{") and 'code="OK"' not in line)
@@ -465,6 +482,11 @@ def check_targets(doc: dict) -> list[dict]:
             if r and base:
                 results.append({"target": f"{model} {encoding} c=1 p50 no worse than baseline",
                                 "value": r["p50_ms"] / base["p50_ms"], "met": r["p50_ms"] <= base["p50_ms"]})
+    for model in PYTRITON_MODELS:
+        r, triton = rows.get(("nnserve", model, "grpc", 64)), rows.get(("pytriton", model, "grpc", 64))
+        if r and triton:
+            results.append({"target": f"{model} gRPC c=64 requests/s >= 1.5x PyTriton's gRPC",
+                            "value": r["rps"] / triton["rps"], "met": r["rps"] >= 1.5 * triton["rps"]})
     nnserve_runs = [r for r in doc["runs"] if r["server"] == "nnserve"]
     errors = sum(r["errors"] for r in doc["runs"])
     results.append({"target": "zero errors in every run", "value": errors, "met": errors == 0 and bool(nnserve_runs)})
@@ -535,6 +557,19 @@ def ratio(value):
     return "–" if value is None else f"{value:.2f}x"
 
 
+def grpc_comparison(runs: list[dict]) -> list[dict]:
+    """nnserve's gRPC rows with PyTriton's gRPC and nnserve's HTTP binary at the same model and concurrency."""
+    rows = {(r["server"], r["model"], r["encoding"], r["concurrency"]): r["rps"] for r in runs}
+    out = []
+    for (server, model, encoding, c), rps in rows.items():
+        if (server, encoding) != ("nnserve", "grpc"):
+            continue
+        triton, binary = rows.get(("pytriton", model, "grpc", c)), rows.get(("nnserve", model, "binary", c))
+        out.append({"model": model, "concurrency": c, "grpc": rps, "pytriton": triton, "binary": binary,
+                    "x_pytriton": rps / triton if triton else None, "x_binary": rps / binary if binary else None})
+    return out
+
+
 def write_markdown(path: Path, doc: dict) -> None:
     m = doc["machine"]
     lines = [f"# nnserve benchmark ({doc['started_at']})", "",
@@ -561,6 +596,15 @@ def write_markdown(path: Path, doc: dict) -> None:
                      f"{ratio(q['p99_ms'])} | {r['errors']} | {fmt(r['cpu_us_per_request'])} | "
                      f"{ratio(q['cpu_us_per_request'])} | {fmt(r['server_cores_busy'], 2)} | "
                      f"{fmt(r['wrk_cores_busy'], 2)} |")
+    grpc_rows = grpc_comparison(doc["runs"])
+    if grpc_rows:
+        lines += ["", "## gRPC", "", "nnserve's gRPC requests/s against PyTriton's gRPC and against nnserve's own "
+                  "HTTP binary path, in this run (h2load for gRPC, wrk for HTTP):", "",
+                  "| model | c | nnserve gRPC req/s | PyTriton gRPC req/s | x PyTriton | nnserve HTTP binary req/s "
+                  "| gRPC / HTTP binary |", "|---|--:|--:|--:|--:|--:|--:|"]
+        for g in grpc_rows:
+            lines.append(f"| {g['model']} | {g['concurrency']} | {fmt(g['grpc'])} | {fmt(g['pytriton'])} | "
+                         f"{ratio(g['x_pytriton'])} | {fmt(g['binary'])} | {ratio(g['x_binary'])} |")
     lines += ["", "## In-process floor (ONNX Runtime `session.run`, median)", "",
               "| model | ORT threads | batch | median µs | µs per sample |", "|---|---|--:|--:|--:|"]
     for f in doc["floor"]:
@@ -641,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of unmeasured load per server/model/encoding before its runs "
                              "(default: a fifth of the duration, at least 1)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch"],
+    parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch", "pytriton"],
                         choices=SERVERS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads, capped at the connections")
@@ -661,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     if "nnserve" in args.servers and shutil.which("h2load") is None:
         raise SystemExit("bench: h2load drives nnserve's gRPC and is not installed (apt-get install -y "
                          "nghttp2-client, or `make bench`)")
+    if "pytriton" in args.servers and not (ROOT / ".venv-pytriton/bin/python").exists():
+        raise SystemExit("bench: the pytriton server needs .venv-pytriton (`make bench` makes it; the command is in "
+                         "bench/pytriton_app.py)")
     if "torch" in args.servers:
         missing = [m for m in args.models if not (args.runs / m / "summary.json").is_file()]
         if missing:
@@ -700,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "after_ready": tree_memory(server.proc.pid)}
                 print(f"  ready in {ready_s:.1f} s on port {server.port}; "
                       f"RSS {doc['memory'][name]['after_ready']['rss_mib']:.0f} MiB", flush=True)
-                for model in args.models:
+                for model in [m for m in args.models if m in spec.get("models", args.models)]:
                     for encoding in spec["encodings"]:
                         script, body, headers = write_script(workdir, model, encoding)
                         try:
@@ -747,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_ratios(doc["runs"])
     doc["targets"] = check_targets(doc)
+    doc["grpc"] = grpc_comparison(doc["runs"])
     order = {s: i for i, s in enumerate(args.servers)}
     doc["runs"].sort(key=lambda r: (args.models.index(r["model"]), r["concurrency"], order[r["server"]],
                                     r["encoding"] != "json"))

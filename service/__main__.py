@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
     parser.add_argument("--grpc-port", type=int, help="port of the gRPC endpoint (default 8081; 0 turns it off)")
     parser.add_argument("--grpc-host", help="address of the gRPC endpoint (default: the HTTP host)")
+    parser.add_argument("--grpc-frontend", choices=["auto", "nginx", "python"],
+                        help="what listens on the gRPC port: nginx in front of the workers, grpcio alone (python), "
+                             "or auto: nginx when installed (default)")
     parser.add_argument("--models", type=Path, help="model repository folder (default models)")
     parser.add_argument("--server", choices=SERVERS, help="HTTP server (default granian)")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per available CPU)")

@@ -17,6 +17,7 @@ from service.errors import ServiceError
 from service.fastpath import FastPath, discard_unread_body, log_access, request_id_of
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.grpc_frontend import Upstream
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,14 @@ def create_app(settings: Settings | None = None, serve_grpc: bool = False) -> Fl
                    g.started)
         return response
 
-    app.wsgi_app = FastPath(app.wsgi_app, plane)  # infer and health without Flask's per-request cost
+    upstream = Upstream.from_env() if serve_grpc and settings.grpc_port else None
+    app.wsgi_app = FastPath(app.wsgi_app, plane, upstream)  # infer and health without Flask's per-request cost
     if serve_grpc and settings.grpc_port:
         from service.grpc_service import GrpcServer  # grpcio only where gRPC is served
 
-        app.extensions["nnserve-grpc"] = GrpcServer(plane, settings.grpc_address, settings.threads).start()
+        # behind nginx (service/grpc_frontend.py) the grpcio server listens on the loopback port nginx proxies to
+        address = upstream.grpc_address if upstream else settings.grpc_address
+        app.extensions["nnserve-grpc"] = GrpcServer(plane, address, settings.threads).start()
 
     def load_then_watch() -> None:
         registry.load_all()

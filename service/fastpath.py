@@ -9,6 +9,7 @@ an infer request whose Content-Length is over the size limit (Flask answers 413)
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import orjson
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, PayloadTooLarge, ServiceError
+from service.grpc_frontend import MODEL_INFER, Upstream
 from service.protocol import (HEADER_LENGTH, compress, decode_infer_request, decompress, dumps,
                               encode_infer_response)
 
@@ -109,11 +111,16 @@ def infer_http(plane: DataPlane, name: str, version: str | None, body: bytes, he
 class FastPath:
     """WSGI middleware: answers infer and health requests itself, passes the rest to `app`."""
 
-    def __init__(self, app, plane: DataPlane):
+    def __init__(self, app, plane: DataPlane, grpc_upstream: Upstream | None = None):
         self.app = app
         self.plane = plane
         self.max_body = plane.settings.max_body_bytes
         self.counters: dict[tuple[str, str, int], object] = {}  # bound children of nnserve_http_requests
+        self.grpc = None  # with nginx in front of gRPC: ModelInfer calls, answered by grpc_service
+        if grpc_upstream is not None:
+            from service.grpc_service import ProxiedModelInfer  # grpcio only where gRPC is served
+
+            self.grpc, self.grpc_secret = ProxiedModelInfer(plane), grpc_upstream.secret.encode()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -125,6 +132,10 @@ class FastPath:
                 return self._infer(environ, start_response, match.group(1), match.group(2), int(length))
             if match and not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
                 return self._infer(environ, start_response, match.group(1), match.group(2), None)
+        elif method == "POST" and path == MODEL_INFER and self.grpc is not None:
+            secret = environ.get("HTTP_X_NNSERVE_GRPC", "")
+            if hmac.compare_digest(secret.encode(), self.grpc_secret):  # from nnserve's nginx only
+                return self._grpc_infer(environ, start_response)
         elif method == "GET" and path in ("/v2/health/ready", "/v2/health/live"):
             started = time.perf_counter()
             if path.endswith("live"):
@@ -162,6 +173,19 @@ class FastPath:
             status, payload, headers = 500, dumps({"error": "internal server error"}), []
         return self._respond(environ, start_response, started, route, status, payload, headers,
                              model_name, model_version)
+
+    def _grpc_infer(self, environ, start_response):
+        """A ModelInfer call proxied by nginx: its gRPC message as the body, its status in two headers that nginx
+        turns into the call's trailers."""
+        length = environ.get("CONTENT_LENGTH") or "0"
+        body = environ["wsgi.input"].read(int(length)) if length.isdigit() else b""
+        payload, status, message = self.grpc.answer(body, environ.get("HTTP_GRPC_ENCODING"))
+        headers = [("Content-Type", "application/grpc"), ("X-Grpc-Status", str(status)),
+                   ("Content-Length", str(len(payload)))]
+        if message:
+            headers.append(("X-Grpc-Message", message))
+        start_response("200 OK", headers)
+        return [payload]
 
     def _respond(self, environ, start_response, started: float, route: str, status: int, payload: bytes,
                  headers: list | None = None, model: str | None = None, version: str | None = None):

@@ -5,7 +5,8 @@ format of the client users run, with no code generation step and no tritonclient
 RPC calls the same DataPlane as HTTP, so models, validation, limits, batching, metrics and statistics are one;
 errors map from the HTTP status to the gRPC code. The server is grpc.aio, one per worker process on a shared
 port (SO_REUSEPORT), in a thread of its own; inference runs on a thread pool so that a long run does not hold
-the event loop.
+the event loop. With nginx in front (service/grpc_frontend.py), ModelInfer calls reach the HTTP workers instead,
+and ProxiedModelInfer answers them there.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from service.dataplane import EXTENSIONS, DataPlane
 from service.errors import BadRequest, ModelNotFound, ModelNotReady, ServiceError, join_problems
 from service.fastpath import request_id_of
 from service.protocol import (MAX_DIMS, NUMPY_DTYPES, InferRequest, RequestedOutput, RequestInput, clip,
-                              decode_bytes_elements, encode_bytes_elements)
+                              decode_bytes_elements, decompress, encode_bytes_elements)
 from service.triton import model_config_pb2, service_pb2
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ access_log = logging.getLogger("nnserve.access")
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-                503: grpc.StatusCode.UNAVAILABLE}
+                501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
 # InferTensorContents' typed fields by V2 datatype (FP16 and BF16 have none: raw contents only, as in Triton)
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
@@ -206,13 +207,83 @@ def handlers(servicer: "InferenceServicer") -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE.full_name, methods)
 
 
+class CallLog:
+    """Counts each call in nnserve_grpc_requests_total, and writes its access log line when that log is on."""
+
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+        self.counters: dict[tuple[str, str], Any] = {}
+
+    def count(self, method: str, code: grpc.StatusCode, started: float, request=None) -> None:
+        key = (method, code.name)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = self.plane.metrics.grpc_requests.labels(method, code.name)
+        counter.inc()
+        if access_log.isEnabledFor(logging.INFO):
+            model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
+            version = getattr(request, "model_version", None) or getattr(request, "version", None) or None
+            access_log.info(orjson.dumps({
+                "request_id": request_id_of(getattr(request, "id", None)), "protocol": "grpc", "method": method,
+                "code": code.name, "model": model, "version": version,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
+
+
+def _percent_encoded(text: str) -> str:
+    """A grpc-message value: UTF-8, with bytes outside printable ASCII and '%' percent-encoded (gRPC's rule)."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text.encode())
+
+
+class ProxiedModelInfer:
+    """ModelInfer calls that nginx proxies to the HTTP workers (service/grpc_frontend.py): a gRPC message in, a
+    gRPC message and a status out, through the same DataPlane, decoding, metrics and access log as grpcio's."""
+
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+        self.calls = CallLog(plane)
+        self.parse = _parser(service_pb2.ModelInferRequest)
+
+    def answer(self, body: bytes, encoding: str | None) -> tuple[bytes, int, str]:
+        """(the framed response message or b"", the gRPC status code, its percent-encoded message or "")."""
+        started = time.perf_counter()
+        request = None
+        try:
+            request = self.parse(self._message(body, encoding))
+            if isinstance(request, Malformed):
+                raise BadRequest(request.reason)
+            answer, _ = self.plane.infer(request.model_name, request.model_version or None,
+                                         lambda max_elements: decode_grpc_request(request, max_elements),
+                                         encode_grpc_response)
+            data = answer.SerializeToString()
+            code, payload, message = grpc.StatusCode.OK, b"\0" + len(data).to_bytes(4, "big") + data, ""
+        except ServiceError as exc:
+            code, payload, message = STATUS_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL), b"", exc.message
+        except Exception:  # a bug: logged with its traceback, answered as INTERNAL
+            log.exception("unhandled error in gRPC ModelInfer")
+            code, payload, message = grpc.StatusCode.INTERNAL, b"", "internal server error"
+        self.calls.count("ModelInfer", code, started, request)
+        return payload, code.value[0], _percent_encoded(message)
+
+    def _message(self, body: bytes, encoding: str | None) -> bytes:
+        """The one message of a unary call's body: a compressed flag, a 4-byte big-endian length, the message."""
+        if len(body) < 5 or body[0] > 1 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+            raise BadRequest("a unary call carries one length-prefixed message; this body does not")
+        if body[0] == 0:
+            return body[5:]
+        encoding = (encoding or "identity").strip().lower()
+        if encoding not in ("gzip", "deflate"):
+            raise ServiceError(f"grpc-encoding '{encoding[:32]}' is not supported for a compressed message; "
+                               "use gzip or deflate", 501)
+        return decompress(body[5:], encoding, self.plane.settings.max_body_bytes)
+
+
 class InferenceServicer:
     """The RPCs over one DataPlane; blocking work runs on `pool`."""
 
     def __init__(self, plane: DataPlane, pool: ThreadPoolExecutor):
         self.plane = plane
         self.pool = pool
-        self.counters: dict[tuple[str, str], Any] = {}
+        self.calls = CallLog(plane)
 
     async def _call(self, method: str, context, request, work, *args):
         """Run `work(*args)` on the pool for `request`; a ServiceError becomes the matching status, anything else
@@ -232,19 +303,7 @@ class InferenceServicer:
             self._count(method, code, started, request)
 
     def _count(self, method: str, code: grpc.StatusCode, started: float, request=None) -> None:
-        """Count the call, and write its access log line when the access log is on."""
-        key = (method, code.name)
-        counter = self.counters.get(key)
-        if counter is None:
-            counter = self.counters[key] = self.plane.metrics.grpc_requests.labels(method, code.name)
-        counter.inc()
-        if access_log.isEnabledFor(logging.INFO):
-            model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
-            version = getattr(request, "model_version", None) or getattr(request, "version", None) or None
-            access_log.info(orjson.dumps({
-                "request_id": request_id_of(getattr(request, "id", None)), "protocol": "grpc", "method": method,
-                "code": code.name, "model": model, "version": version,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}).decode())
+        self.calls.count(method, code, started, request)
 
     def _authorize(self, context) -> None:
         token = self.plane.settings.repository_token

@@ -18,6 +18,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from prometheus_client import multiprocess
 
 from service.control import Control
+from service.grpc_frontend import Frontend, resolve
 from service.settings import Settings
 
 
@@ -179,7 +180,13 @@ def run(settings: Settings) -> None:
     access.addHandler(handler)
     access.propagate = False
     access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
-    if settings.server == "granian":
-        run_granian(settings)
-    else:
-        GunicornServer(settings).run()
+    binary = resolve(settings)
+    frontend = Frontend(binary, settings).start() if binary else None
+    try:
+        if settings.server == "granian":
+            run_granian(settings)
+        else:
+            GunicornServer(settings).run()
+    finally:  # after the workers drained: nginx relayed the answers to the calls they had in flight
+        if frontend is not None:
+            frontend.stop()

@@ -11,6 +11,7 @@ from typing import Mapping
 ENV_PREFIX = "NNSERVE_"
 DEVICES = ("auto", "cpu", "cuda")
 SERVERS = ("granian", "gunicorn")
+GRPC_FRONTENDS = ("auto", "nginx", "python")
 
 
 def available_cpus() -> int:
@@ -40,6 +41,9 @@ class Settings:
     """Port of the gRPC endpoint (Triton's GRPCInferenceService); 0 turns it off."""
     grpc_host: str = ""
     """Address of the gRPC endpoint; empty = the HTTP host."""
+    grpc_frontend: str = "auto"
+    """What listens on the gRPC port: nginx (ModelInfer answered by the HTTP workers' fast path, the other RPCs by
+    grpcio; about three times as fast), python (grpcio alone), or auto (nginx when it is installed)."""
     server: str = "granian"
     """HTTP server: granian (Rust HTTP, measured fastest: docs/performance.md) or gunicorn (gthread workers)."""
     workers: int = 0
@@ -93,6 +97,8 @@ class Settings:
         self.repository_token = self.repository_token.strip()  # a secret file's trailing newline is not part of it
         if self.server not in SERVERS:
             raise ValueError(f"server: expected one of {list(SERVERS)}, got {self.server!r}")
+        if self.grpc_frontend not in GRPC_FRONTENDS:
+            raise ValueError(f"grpc_frontend: expected one of {list(GRPC_FRONTENDS)}, got {self.grpc_frontend!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {list(DEVICES)}, got {self.device!r}")
         self.parse_version_policy()  # fail fast on a bad value

@@ -67,11 +67,18 @@ def send(port: int, method: str, path: str, data: bytes = b"", headers: dict | N
 
 
 def worker_pids(pid: int) -> list[int]:
-    """The child processes of a server's master (its workers), from /proc."""
+    """A server master's worker processes, from /proc: its children but nginx (the gRPC front end)."""
     children = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         children |= {int(c) for c in (task / "children").read_text().split()}
-    return sorted(children)
+    return sorted(c for c in children if _comm(c) != "nginx")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:  # gone
+        return ""
 
 
 @dataclass

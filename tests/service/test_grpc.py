@@ -37,8 +37,11 @@ ZOO = artifact.list_models(SHIPPED_MODELS)
 CORPUS = fm.build_corpus()
 
 
-@pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory):
+FRONTENDS = ["nginx", "python"]  # nginx in front of the workers, or grpcio alone (docs/grpc.md)
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def grpc_server(tmp_path_factory, request):
     repo = tmp_path_factory.mktemp("grpc-repo")
     for name in ZOO:
         shutil.copytree(SHIPPED_MODELS / name, repo / name)
@@ -46,7 +49,8 @@ def grpc_server(tmp_path_factory):
         fm.write_model(repo, model)
     port = free_port()
     srv = start_server(repo, tmp_path_factory.mktemp("logs"), "--workers", "2", "--grpc-port", str(port),
-                       "--poll-seconds", "0.3", env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
+                       "--grpc-frontend", request.param, "--poll-seconds", "0.3",
+                       env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
     srv.grpc_url, srv.repo = f"127.0.0.1:{port}", repo
     yield srv
     srv.stop()
@@ -260,7 +264,7 @@ def _slow_model(folder: Path) -> None:
 
     weight = numpy_helper.from_array(np.eye(1024, dtype=np.float32), "w")
     nodes, previous = [], "x"
-    for i in range(96):
+    for i in range(384):  # about 0.1 s a call
         nodes.append(helper.make_node("MatMul", [previous, "w"], [f"h{i}"]))
         previous = f"h{i}"
     nodes.append(helper.make_node("Identity", [previous], ["y"]))
@@ -270,11 +274,13 @@ def _slow_model(folder: Path) -> None:
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), folder / "1" / "model.onnx")
 
 
+@pytest.mark.parametrize("frontend", FRONTENDS)
 @pytest.mark.parametrize("kind", ["granian", "gunicorn"])
-def test_sigterm_answers_every_grpc_call_already_started(tmp_path, kind):
+def test_sigterm_answers_every_grpc_call_already_started(tmp_path, kind, frontend):
     _slow_model(tmp_path / "repo" / "slow")
     port = free_port()
-    srv = start_server(tmp_path / "repo", tmp_path, "--workers", "2", "--server", kind, "--grpc-port", str(port))
+    srv = start_server(tmp_path / "repo", tmp_path, "--workers", "2", "--server", kind, "--grpc-port", str(port),
+                       "--grpc-frontend", frontend)
     x = np.ones((4, 1024), np.float32)
 
     async def calls():
@@ -296,7 +302,7 @@ def test_sigterm_answers_every_grpc_call_already_started(tmp_path, kind):
         stopped = time.monotonic() - began
     assert in_flight >= 4, in_flight  # most were still running when SIGTERM came
     failures = [r for r in results if isinstance(r, BaseException)]
-    assert failures == [] and all(r.as_numpy("y").shape == (4, 1024) for r in results), failures[:2]
+    assert failures == [] and all(r.as_numpy("y").shape == (4, 1024) for r in results), [str(f) for f in failures[:2]]
     assert code == 0 and stopped < 20, stopped  # no worker waited for the 30 s kill
 
 
@@ -336,3 +342,52 @@ def test_a_grpc_port_in_use_stops_the_server_at_once_with_the_reason():
                                  "--models", str(SHIPPED_MODELS)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"cannot listen for gRPC on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def _nginx_pid(srv) -> int:
+    children = subprocess.run(["ps", "-o", "pid=,comm=", "--ppid", str(srv.process.pid)], capture_output=True,
+                              text=True).stdout.split("\n")
+    return next(int(line.split()[0]) for line in children if line.strip().endswith("nginx"))
+
+
+def test_nginx_fronts_grpc_answers_only_its_own_proxied_calls_and_is_restarted(tmp_path):
+    port = free_port()
+    srv = start_server(SHIPPED_MODELS, tmp_path, "--workers", "1", "--grpc-port", str(port),
+                       "--grpc-frontend", "nginx")
+    x = grpcclient.InferInput("input", [1, 64], "FP32")
+    x.set_data_from_numpy(np.ones((1, 64), np.float32))
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        want = client.infer("digits-mlp", [x]).as_numpy("probabilities")
+        assert "nginx (" in srv.log.read_text()  # the server said what fronts gRPC
+        # the proxied route is not an endpoint of the HTTP port, with no secret or a wrong one
+        message = _raw_request("digits-mlp", [("input", "FP32", [1, 64])], [b"\0" * 256]).SerializeToString()
+        framed = b"\0" + len(message).to_bytes(4, "big") + message
+        for headers in ({}, {"X-Nnserve-Grpc": "guess"}):
+            status, _, body = srv.request("POST", "/inference.GRPCInferenceService/ModelInfer", framed, headers)
+            assert status == 404 and b"no such endpoint" in body, (status, body)
+        # nginx killed: the master starts another, and calls answer again
+        nginx = _nginx_pid(srv)
+        subprocess.run(["kill", "-9", str(nginx)], check=True)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                np.testing.assert_array_equal(client.infer("digits-mlp", [x]).as_numpy("probabilities"), want)
+                break
+            except InferenceServerException:
+                assert time.monotonic() < deadline, "nginx was not restarted"
+                time.sleep(0.2)
+        assert _nginx_pid(srv) != nginx
+        assert "exited with code -9; restarting it" in srv.log.read_text()
+    finally:
+        code = srv.stop()
+    assert code == 0
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_calls_are_answered(grpc_server, client, compression):
+    x = grpcclient.InferInput("input", [2, 64], "FP32")
+    x.set_data_from_numpy(np.ones((2, 64), np.float32))
+    want = client.infer("digits-mlp", [x]).as_numpy("probabilities")
+    got = client.infer("digits-mlp", [x], compression_algorithm=compression).as_numpy("probabilities")
+    np.testing.assert_array_equal(got, want)

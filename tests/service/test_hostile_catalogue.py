@@ -439,13 +439,15 @@ def server(tmp_path_factory):
     srv = start_server(SHIPPED_MODELS, tmp_path_factory.mktemp("catalogue"), "--workers", "1",
                        "--grpc-port", str(grpc_port), env={"NNSERVE_REPOSITORY_TOKEN": TOKEN})
     srv.grpc_url = f"127.0.0.1:{grpc_port}"
-    status, _, data = send(srv.port, "POST", MLP, body())
-    assert status == 200
-    BASELINE["data"] = json.loads(data)["outputs"][0]["data"]
-    srv.workers = worker_pids(srv.process.pid)
-    assert len(srv.workers) == 1
-    yield srv
-    srv.stop()
+    try:
+        status, _, data = send(srv.port, "POST", MLP, body())
+        assert status == 200
+        BASELINE["data"] = json.loads(data)["outputs"][0]["data"]
+        srv.workers = worker_pids(srv.process.pid)
+        assert len(srv.workers) == 1
+        yield srv
+    finally:
+        srv.stop()
 
 
 def assert_still_healthy(srv) -> None:
