@@ -32,7 +32,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx \
-    && rm -rf /var/lib/apt/lists/* \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && groupadd --gid 10001 nnserve \
     && useradd --uid 10001 --gid 10001 --home-dir /home/nnserve --create-home --shell /usr/sbin/nologin nnserve
 COPY --from=deps /opt/venv /opt/venv

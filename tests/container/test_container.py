@@ -45,9 +45,10 @@ def image():
 
 class Container:
     def __init__(self, *run_args: str):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.name = f"nnserve-test-{self.port}"
-        podman("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:8080", *run_args, IMAGE)
+        podman("run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:8080",
+               "-p", f"127.0.0.1:{self.grpc_port}:8081", *run_args, IMAGE)
         self.started = time.monotonic()
 
     @property
@@ -215,3 +216,18 @@ def test_the_trainer_image_retrains_against_a_mounted_repository(tmp_path):
     assert "published digits-mlp version 2" in run.stdout + run.stderr
     assert (repo / "digits-mlp" / "2" / "model.onnx").is_file()
     assert load_model(repo / "digits-mlp" / "2", device="cpu").version == 2
+
+
+def test_grpc_answers_through_nginx_in_the_container(container):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{container.grpc_port}")
+    x = np.random.default_rng(0).uniform(0, 16, (4, 64)).astype(np.float32)
+    tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    got = client.infer("digits-mlp", [tensor]).as_numpy("probabilities")
+    want = load_model(SHIPPED_MODELS / "digits-mlp" / "1", device="cpu").run({"input": x})["probabilities"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert client.get_model_metadata("digits-mlp").name == "digits-mlp"  # an RPC that nginx proxies as gRPC
+    processes = podman("exec", container.name, "sh", "-c", "cat /proc/[0-9]*/comm").stdout.split()
+    assert "nginx" in processes, processes  # the image's nginx fronts the port, as the non-root user
