@@ -22,15 +22,15 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-SHAPES = {"digits-mlp": [1, 64], "digits-cnn": [1, 1, 8, 8]}
+def body(model: str, x: np.ndarray | None = None) -> bytes:
+    """The gRPC message of one ModelInfer call with `x` (default: bench.run's fixed sample) as raw contents."""
+    if x is None:
+        from bench.run import sample
 
-
-def body(model: str) -> bytes:
-    """The gRPC message of one ModelInfer call: bench.run's fixed sample, as raw contents."""
-    pixels = (np.arange(64, dtype=np.float32) * 7) % 17
+        x = sample(model)
     request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="input", datatype="FP32", shape=SHAPES[model])
-    request.raw_input_contents.append(pixels.astype("<f4").tobytes())
+    request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
     data = request.SerializeToString()
     return b"\0" + struct.pack(">I", len(data)) + data  # not compressed, then the length, big-endian
 
@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.grpc_h2load", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("body", help="write the body file of one ModelInfer call")
-    make.add_argument("model", choices=sorted(SHAPES))
+    make.add_argument("model", help="a model of bench.run's MODELS")
     make.add_argument("out")
     serve = sub.add_parser("floor", help="serve ModelInfer with a fixed answer (Python gRPC's own cost)")
     serve.add_argument("kind", choices=["aio", "sync"])

@@ -334,7 +334,7 @@ def write_script(workdir: Path, model: str, encoding: str) -> tuple[Path, bytes,
     x = sample(model)
     if encoding == "grpc":
         body_path = workdir / f"{model}.grpc.body"
-        body_path.write_bytes(grpc_h2load.body(model))
+        body_path.write_bytes(grpc_h2load.body(model, x))
         return body_path, body_path.read_bytes(), {}
     if encoding == "json":
         body, headers = json_body(x), {"Content-Type": "application/json"}
