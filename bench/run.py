@@ -62,6 +62,8 @@ def sample(model: str) -> np.ndarray:
         return ((i * 7) % 17).reshape(1, 64)  # pixel intensities 0..16
     if model == "digits-cnn":
         return ((i * 7) % 17).reshape(1, 1, 8, 8)
+    if model == "mnist-cnn":  # bench/compute_models.py: a 28x28 grey image, pixel intensities 0..255
+        return ((np.arange(784, dtype=np.float32) * 37) % 256).reshape(1, 1, 28, 28)
     if model == "digits-transformer":
         return ((i * 7) % 17).reshape(1, 8, 8)  # 8 rows of 8 pixels as tokens
     if model == "co2-lstm":
@@ -174,16 +176,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def batched_repository(repository: Path, workdir: Path) -> Path:
-    """A copy of the repository with every model's dynamic_batching block turned on (for the nnserve-batched run)."""
-    copy = workdir / "models-batched"
-    if not copy.exists():
-        shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("plots", "*.md", ".publish.lock"))
-        for config in copy.glob("*/config.pbtxt"):
-            config.write_text(config.read_text().replace("# dynamic_batching {", "dynamic_batching {"))
-    return copy
-
-
 # nnserve run with one flag changed: name -> (flags, what to know about it)
 FLAG_VARIANTS = {
     "nnserve-gunicorn": (["--server", "gunicorn"], " (gthread workers)"),
@@ -191,8 +183,10 @@ FLAG_VARIANTS = {
     "nnserve-4-threads": (["--threads", "4"], ""),
     "nnserve-32-threads": (["--threads", "32"], ""),
     "nnserve-1-worker": (["--workers", "1"], " (ONNX Runtime then gets 2 threads)"),
+    "nnserve-16-threads": (["--threads", "16"], ""),
+    "nnserve-unbatched": (["--no-dynamic-batching"], " (every request runs on its own, whatever config.pbtxt says)"),
 }
-SERVERS = ["nnserve", "naive", "torch", "pytriton", *FLAG_VARIANTS, "nnserve-batched"]
+SERVERS = ["nnserve", "naive", "torch", "pytriton", *FLAG_VARIANTS]
 PYTRITON_MODELS = ["digits-mlp", "digits-cnn"]  # what bench/pytriton_app.py serves
 
 
@@ -203,24 +197,14 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
         "nnserve": {
             "argv": lambda port: [*service, str(repository), "--port", str(port)],
             "env": {}, "encodings": ["json", "binary", "grpc"],
-            "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, no dynamic batching; "
+            "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, dynamic batching as "
+                        "the shipped config.pbtxt files say (on, queue delay 0); "
                         "gRPC driven by h2load)",
         },
         # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
         **{name: {"argv": lambda port, flags=flags: [*service, str(repository), "--port", str(port), *flags],
                   "env": {}, "encodings": ["json"], "describe": f"python -m service {' '.join(flags)}{note}"}
            for name, (flags, note) in FLAG_VARIANTS.items()},
-        "nnserve-batched": {
-            "argv": lambda port: [*service, str(batched_repository(repository, workdir)), "--port", str(port)],
-            "env": {}, "encodings": ["json"],
-            "describe": "python -m service with every config.pbtxt's dynamic_batching block on (queue delay 0)",
-        },
-        "naive": {
-            "argv": lambda port: [str(ROOT / ".venv/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
-                                  "bench.naive_app:create_app()"],
-            "env": {"NAIVE_MODELS": ",".join(models), "NAIVE_REPOSITORY": str(repository)}, "encodings": ["json"],
-            "describe": "bench/naive_app.py: Flask + ORT, gunicorn gthread 2 workers x 4 threads",
-        },
         "pytriton": {  # the gRPC port comes from NNSERVE_GRPC_PORT, which Server sets for every server
             "argv": lambda port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py", str(port),
                                   os.environ["NNSERVE_GRPC_PORT"], str(free_port()),
@@ -684,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None,
                         help="seconds of unmeasured load per server/model/encoding before its runs "
                              "(default: a fifth of the duration, at least 1)")
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=[*MODELS, "mnist-cnn"],
+                        help="mnist-cnn is generated into a repository by bench/compute_models.py (--repository)")
     parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch", "pytriton"],
                         choices=SERVERS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)

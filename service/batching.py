@@ -11,17 +11,20 @@ Concurrent requests for one model version are merged into one ONNX Runtime run. 
 
 A model without the block is not batched (as in Triton). The batch never exceeds the model's max_batch_size.
 
-How it runs, with no thread of its own: a request thread puts its request in the queue; if no thread is
+How it runs, with no thread of its own: a request that finds the session idle (and no queue delay to wait)
+runs at once on its own thread, without queueing. Otherwise its thread puts it in the queue; if no thread is
 running the session, it becomes the runner, takes the queued requests that can be stacked with the first one
 (the same inputs' trailing shapes and requested outputs) up to max_batch_size samples, runs them as one batch,
 wakes each of their threads with its rows, and goes on while its own request is still queued; then it wakes the
 oldest waiting request to take over. So at low load a request runs at once on its own thread (no hand-off, no
 added latency), and under load the requests that arrived during a run go together in the next. Each wake-up
-is one lock release aimed at one thread (no broadcast).
+is one lock release aimed at one thread (no broadcast). A batch's outputs reach each request as views (slices
+of the batch's arrays), not copies.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -31,6 +34,12 @@ from typing import Callable
 import numpy as np
 
 from service.errors import ServiceError
+
+
+BESIDE_BELOW_SECONDS = 100e-6
+"""A request that finds the session busy runs beside it (ONNX Runtime runs concurrent calls on one session) rather
+than waiting to be batched when a lone run takes less than this: waiting and being woken cost a thread about as
+much CPU as such a run, so merging cannot pay (docs/performance.md, "Dynamic batching")."""
 
 
 class QueueFull(ServiceError):
@@ -78,9 +87,19 @@ class Batcher:
         self._arrived = threading.Condition(self._lock)  # used only with a queue delay
         self._queue: deque[_Request] = deque()
         self._running = False
+        self.run_seconds = math.inf  # the quickest lone run so far; until one ran, requests that find it busy queue
 
     def run(self, model, feed: dict[str, np.ndarray], outputs: list[str]) -> tuple[dict, float]:
         """(this request's outputs, perf_counter() when its batch started to run)."""
+        with self._lock:
+            if self.config.max_queue_delay_us:  # wait for company, as configured
+                side = lone = False
+            else:  # the session is idle: run at once; busy with a run too short to be worth waiting for: run beside
+                lone = not self._running
+                side = not lone and self.run_seconds < BESIDE_BELOW_SECONDS
+                self._running = True
+        if lone or side:
+            return self._run_alone(model, feed, outputs, lone)
         key = (tuple(outputs), tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feed.items())))
         request = _Request(feed, tuple(outputs), key, next(iter(feed.values())).shape[0])
         with self._lock:
@@ -106,6 +125,24 @@ class Batcher:
                 else:
                     self._running = False
         return self._outcome(request)
+
+    def _run_alone(self, model, feed: dict[str, np.ndarray], outputs: list[str], runner: bool) -> tuple[dict, float]:
+        """Run one request at once; `runner`: this thread holds the session's runner role, to hand over after."""
+        try:
+            started = time.perf_counter()
+            values = model.run(feed, outputs)
+            seconds = time.perf_counter() - started
+            if seconds < self.run_seconds:  # the quickest lone run: what a run costs without preemption
+                self.run_seconds = seconds
+            self.observe(next(iter(feed.values())).shape[0], seconds)
+            return values, started
+        finally:
+            if runner:
+                with self._lock:  # requests that arrived meanwhile queued: the oldest takes over
+                    if self._queue:
+                        self._queue[0].signal.release()
+                    else:
+                        self._running = False
 
     @staticmethod
     def _outcome(request: _Request) -> tuple[dict, float]:

@@ -31,11 +31,9 @@ def _tensor_pbtxt(spec: dict) -> str:
     return text + "  }"
 
 
-# Off by default: for the zoo's models on CPU, requests running side by side on the server's threads measured
-# faster than batched (docs/performance.md). Uncomment (Triton and nnserve both read it) for larger models or GPU.
-DYNAMIC_BATCHING_OFF = ("# Dynamic batching: off (measured slower for small models on CPU, docs/performance.md);\n"
-                        "# uncomment to merge concurrent requests into one run.\n"
-                        "# dynamic_batching { max_queue_delay_microseconds: 0 }\n")
+# On, as Triton's auto-complete turns it on for a model that can batch: a request that finds the session idle runs
+# at once, and requests that queue while it runs go together in the next run (docs/performance.md).
+DYNAMIC_BATCHING = "dynamic_batching { }\n"
 
 
 def triton_config(meta: dict) -> str:
@@ -44,7 +42,7 @@ def triton_config(meta: dict) -> str:
     outputs = ",\n".join(_tensor_pbtxt(t) for t in meta["outputs"])
     return (f'# Written by nnserve for Triton Inference Server ({meta["architecture"]}, {meta["task"]}).\n'
             f'name: "{meta["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n{DYNAMIC_BATCHING_OFF}")
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n{DYNAMIC_BATCHING}")
 
 
 def _fmt(value) -> str:

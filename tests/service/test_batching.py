@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.batching import Batcher, BatchingConfig, QueueFull, batching_config
+from service.batching import BESIDE_BELOW_SECONDS, Batcher, BatchingConfig, QueueFull, batching_config
 from service.modelconfig import dynamic_batching, parse_pbtxt
 from service.runtime import load_model
 from tests.conftest import start_server
@@ -94,6 +94,32 @@ def test_a_lone_request_runs_at_once_on_its_own(mlp, digits):
     assert sizes == [3] and values["probabilities"].shape == (3, 10) and started <= time.perf_counter()
 
 
+def test_requests_run_beside_a_session_whose_runs_are_too_quick_to_batch(mlp, digits):
+    """After a lone run under BESIDE_BELOW_SECONDS, a request that finds the session busy runs at once beside it
+    (no queue, no batch); the slow runs here only make the requests overlap."""
+    class Overlapping(SlowModel):
+        in_flight = most = 0
+
+        def run(self, feed, outputs):
+            Overlapping.in_flight += 1
+            Overlapping.most = max(Overlapping.most, Overlapping.in_flight)
+            try:
+                return super().run(feed, outputs)
+            finally:
+                Overlapping.in_flight -= 1
+
+    sizes = []
+    batcher = Batcher(BatchingConfig(max_batch_size=256), lambda n, s: sizes.append(n))
+    batcher.run(mlp, {"input": digits[:1]}, ["probabilities"])  # digits-mlp alone: tens of microseconds
+    assert batcher.run_seconds < BESIDE_BELOW_SECONDS
+    slow = Overlapping(mlp, 0.05)
+    results, errors = run_concurrently(batcher, slow, [digits[i:i + 1] for i in range(8)])
+    assert errors == [None] * 8 and slow.runs == [1] * 8 and sizes == [1] * 9
+    assert Overlapping.most > 1  # side by side on the one session
+    for x, got in zip([digits[i:i + 1] for i in range(8)], results):
+        np.testing.assert_allclose(got["probabilities"], mlp.run({"input": x})["probabilities"], rtol=1e-6)
+
+
 def test_queue_delay_waits_for_a_preferred_size(mlp, digits):
     slow = SlowModel(mlp, 0.0)
     config = BatchingConfig(max_batch_size=64, max_queue_delay_us=2_000_000, preferred_batch_sizes=(8,))
@@ -153,7 +179,8 @@ def test_server_batches_concurrent_clients_and_shows_it(tmp_path, digits):
     repo = tmp_path / "models"
     shutil.copytree(SHIPPED / "digits-cnn", repo / "digits-cnn")
     config = repo / "digits-cnn" / "config.pbtxt"
-    config.write_text(config.read_text() + "dynamic_batching {\n  max_queue_delay_microseconds: 50000\n}\n")
+    config.write_text(config.read_text().replace("dynamic_batching { }",
+                                                 "dynamic_batching {\n  max_queue_delay_microseconds: 50000\n}"))
     srv = start_server(repo, tmp_path, "--workers", "1", "--threads", "16")
     try:
         meta = json.loads(srv.request("GET", "/v2/models/digits-cnn")[2])
@@ -185,13 +212,13 @@ def test_server_batches_concurrent_clients_and_shows_it(tmp_path, digits):
         srv.stop()
 
 
-def test_batching_is_off_unless_configured_and_the_flag_overrides_the_config(tmp_path):
+def test_batching_follows_the_config_and_the_flag_overrides_it(tmp_path):
     repo = tmp_path / "models"
     for name in ("digits-mlp", "digits-cnn"):
         shutil.copytree(SHIPPED / name, repo / name)
-    config = repo / "digits-cnn" / "config.pbtxt"
-    assert "\ndynamic_batching" not in config.read_text()  # shipped with the block commented out
-    config.write_text(config.read_text().replace("# dynamic_batching {", "dynamic_batching {"))
+    config = repo / "digits-mlp" / "config.pbtxt"
+    assert "\ndynamic_batching { }\n" in config.read_text()  # shipped on, as export writes it
+    config.write_text(config.read_text().replace("dynamic_batching { }\n", ""))  # the block removed: off
     for flags, cnn in (((), {"max_batch_size": 256, "max_queue_delay_microseconds": 0, "preferred_batch_size": [],
                              "max_queue_size": 0}),
                        (("--no-dynamic-batching",), None)):
