@@ -116,3 +116,4 @@ bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed .venv-pytriton/.installed
 	test -z "$$missing" || $(DEV_VENV)/bin/python -m training zoo --out runs/zoo --only $$missing --quiet
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 	$(DEV_VENV)/bin/python -m bench.train_speed
+	$(DEV_VENV)/bin/python -m bench.many_models --out bench/results/many_models.json

@@ -66,6 +66,8 @@ class ModelRegistry:
         self._failed: dict[tuple[str, int], tuple] = {}  # version -> file signature when it failed
         self._unloaded: set[str] = set()
         self._config_seen: dict[str, tuple] = {}  # config.pbtxt's signature when each model was last reconciled
+        self._config_fields: dict[str, tuple[tuple, dict | None]] = {}  # name -> (signature, parsed config.pbtxt)
+        self._available_seen: dict[str, list[int]] = {}  # name -> the versions on disk at its last reconcile
         self._lock = threading.Lock()  # guards the snapshots and states
         self._reload_lock = threading.RLock()  # one reconcile at a time
         self._initial_load_done = threading.Event()
@@ -88,8 +90,9 @@ class ModelRegistry:
             if self.control is not None:
                 self.control.acknowledge(self._generation)  # a new worker starts in step with the others
 
-    def reconcile(self, name: str, retry_failed: bool = False) -> list[VersionState]:
-        """Bring `name` in line with the repository and the version policy; return its new states.
+    def reconcile(self, name: str, retry_failed: bool = False, report: bool = True) -> list[VersionState]:
+        """Bring `name` in line with the repository and the version policy; return its new states (with `report`;
+        else an empty list, which is what a poll of the whole repository needs).
 
         Versions are tried from the highest down until the policy's count of them is serving; one that fails
         to load is skipped (the next lower one serves instead), so a bad new version never displaces a good one.
@@ -101,14 +104,14 @@ class ModelRegistry:
             config_signature = _stat(model_dir / modelconfig.CONFIG_FILENAME)
             stale = self._config_seen.get(name, config_signature) != config_signature  # config.pbtxt changed
             try:
-                fields = modelconfig.read_config(model_dir) if available else None
+                fields = self._read_config(name, model_dir, config_signature) if available else None
                 policy = modelconfig.version_policy(fields) or self.settings.version_policy_config()
             except modelconfig.ConfigError as exc:  # every version is refused with the reason; what serves stays
                 for version in available:
                     signature = _signature(model_dir / str(version))
                     if version not in current and (retry_failed or self._failed.get((name, version)) != signature):
                         self._refuse(name, version, signature, LoadError(str(exc)))
-                return [s for s in self.states() if s.name == name]
+                return self._states_of(name)
             candidates, wanted = modelconfig.select_versions(policy, available)
             keep: dict[int, LoadedModel] = {}
             for version in candidates:
@@ -132,6 +135,9 @@ class ModelRegistry:
                     self._set_state(VersionState(name, version, "READY", "config.pbtxt changed and reloading "
                                                  f"failed, the earlier load serves on: {reason}"))
             self._config_seen[name] = config_signature
+            seen, self._available_seen[name] = self._available_seen.get(name), available
+            if keep == current and available == seen:  # nothing changed: an idle poll ends here
+                return self._states_of(name) if report else []
             with self._lock:
                 models = dict(self._models)
                 if keep:
@@ -148,7 +154,21 @@ class ModelRegistry:
                 if version not in keep:
                     self.metrics.model_loaded.labels(name, str(version), model.provider).set(0)
                     log.info("unloaded %s version %s", name, version)
-            return [s for s in self.states() if s.name == name]
+            return self._states_of(name) if report else []
+
+    def _states_of(self, name: str) -> list[VersionState]:
+        with self._lock:
+            return sorted((s for (model, _), s in self._states.items() if model == name), key=lambda s: s.version)
+
+    def _read_config(self, name: str, model_dir: Path, signature: tuple) -> dict | None:
+        """config.pbtxt's fields, parsed again only when the file's signature changed: a poll of an idle repository
+        costs a stat per model, not a parse."""
+        cached = self._config_fields.get(name)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        fields = modelconfig.read_config(model_dir)
+        self._config_fields[name] = (signature, fields)
+        return fields
 
     def _load(self, name: str, version: int, signature: tuple, fields: dict | None) -> LoadedModel | None:
         self._set_state(VersionState(name, version, "LOADING"))
@@ -236,7 +256,7 @@ class ModelRegistry:
             known = {name for name, _ in self._states}
         for name in sorted(set(artifact.list_models(self.settings.models)) | set(self._models) | known):
             try:
-                self.reconcile(name, retry_failed)
+                self.reconcile(name, retry_failed, report=False)
             except Exception:
                 log.exception("cannot reconcile %s", name)
 
