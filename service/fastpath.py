@@ -4,7 +4,8 @@ A Flask request costs more CPU than an MLP's whole inference (routing, the reque
 before/after hooks). `POST .../infer` (with a Content-Length or a chunked body) and the health probes are
 answered here from the WSGI environ directly, with the same behaviour as the Flask routes: the same DataPlane
 call, the same JSON errors, X-Request-ID, the access log line and the HTTP request counter. Everything else, and
-an infer request whose Content-Length is over the size limit (Flask answers 413), goes to Flask.
+an infer request whose Content-Length is over the size limit (Flask answers 413), goes to Flask. With nginx in
+front of the gRPC port (service/grpc_frontend.py), the ModelInfer calls it proxies are answered here too.
 """
 
 from __future__ import annotations
