@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "that can batch when its config.pbtxt gives none (default 4, Triton's)")
     parser.add_argument("--max-model-bytes", type=int, help="largest size a model's stored tensors may declare; "
                         "larger models are refused before loading (default 4 GiB)")
+    parser.add_argument("--share-weights-bytes", type=int, help="models whose stored tensors declare at least this "
+                        "many bytes run from memory-mapped weights the workers share (default 64 MiB; 0 = never)")
     parser.add_argument("--poll-seconds", type=float, help="hot reload: rescan the repository this often for new "
                         "versions (default 5; 0 = only on load calls)")
     parser.add_argument("--access-log", action="store_true", default=None,

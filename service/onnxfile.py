@@ -44,8 +44,15 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
 
 def _fields(data: memoryview):
     """(field number, wire type, value) of one message: ints for varints, memoryviews for the rest."""
+    for number, wire, value, _, _ in _spans(data):
+        yield number, wire, value
+
+
+def _spans(data: memoryview):
+    """(field number, wire type, value, start, end) of one message; data[start:end] is the whole field."""
     pos = 0
     while pos < len(data):
+        start = pos
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -60,7 +67,7 @@ def _fields(data: memoryview):
             value, pos = data[pos:pos + size], pos + size
         else:
             raise InvalidModelFile(f"field {number} has wire type {wire}, which ONNX does not use")
-        yield number, wire, value
+        yield number, wire, value, start, pos
 
 
 def _size(dims: list[int], element_bytes: int) -> int:
@@ -196,3 +203,59 @@ def unsafe_external_data(facts: ModelFacts, version_dir: Path) -> list[str]:
         elif not path.is_file():
             problems.append(f"external data '{location[:100]}' is missing from the version folder")
     return problems
+
+
+# ---------------------------------------------------------------- weights moved out, for workers to share
+
+ALIGNMENT = 64 * 1024  # external data offsets: a multiple of any page size ONNX Runtime maps with
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _entry(key: str, value: str) -> bytes:  # a StringStringEntryProto
+    return _length_delimited(13, _length_delimited(1, key.encode()) + _length_delimited(2, value.encode()))
+
+
+def externalize(data: bytes, folder: Path, threshold: int, weights: str = "weights.bin") -> int:
+    """Write `data` (a ModelProto) to `folder`/model.onnx with the raw data of every main-graph initializer of at
+    least `threshold` bytes moved to `folder`/`weights`, each at an ALIGNMENT offset, as ONNX external data (which
+    ONNX Runtime maps from the file instead of copying). Returns the bytes moved; other tensors stay in place."""
+    view = memoryview(data)
+    moved = 0
+    with open(folder / weights, "wb") as out:
+        def tensor(message: memoryview) -> bytes:
+            nonlocal moved
+            fields = list(_spans(message))
+            raw = next((v for n, w, v, _, _ in fields if n == 9 and w == 2), None)
+            if raw is None or len(raw) < threshold or any(n == 13 for n, _, _, _, _ in fields):
+                return bytes(message)
+            offset = -out.tell() % ALIGNMENT + out.tell()
+            out.seek(offset)
+            out.write(raw)
+            moved += len(raw)
+            kept = b"".join(bytes(message[a:b]) for n, _, _, a, b in fields if n != 9)
+            return (kept + _entry("location", weights) + _entry("offset", str(offset))
+                    + _entry("length", str(len(raw))) + _encode_varint(14 << 3) + _encode_varint(1))
+
+        def graph(message: memoryview) -> bytes:
+            return b"".join(_length_delimited(5, tensor(v)) if n == 5 and w == 2 else bytes(message[a:b])
+                            for n, w, v, a, b in _spans(message))
+
+        model = b"".join(_length_delimited(7, graph(v)) if n == 7 and w == 2 else bytes(view[a:b])
+                         for n, w, v, a, b in _spans(view))
+    (folder / "model.onnx").write_bytes(model)
+    return moved

@@ -7,6 +7,7 @@ Readers see immutable snapshots, so an in-flight request finishes on the session
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -33,6 +34,14 @@ class VersionState:
     version: int
     state: str
     reason: str = ""
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim: return the free parts of the heap to the system (a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _stat(path: Path) -> tuple:
@@ -85,6 +94,7 @@ class ModelRegistry:
                 state = self.control.read()
                 self._unloaded, self._generation = set(state["unloaded"]), state["generation"]
             self.reconcile_all()
+            release_free_memory()  # loading read each model file whole: give the freed heap back to the system
         finally:
             self._initial_load_done.set()
             if self.control is not None:
@@ -177,7 +187,9 @@ class ModelRegistry:
             model = load_model(settings.models / name / str(version), settings.device, settings.session_threads,
                                config_fields=fields, default_max_batch_size=settings.default_max_batch_size,
                                default_version_policy=settings.version_policy_config(),
-                               max_model_bytes=settings.max_model_bytes)
+                               max_model_bytes=settings.max_model_bytes,
+                               share_weights_bytes=settings.share_weights_bytes,
+                               weights_cache=Path(settings.state_dir) / "weights" if settings.state_dir else None)
             if model.batching:  # the operator's cap, below the model's own max_batch_size
                 model.max_batch_size = min(model.max_batch_size, settings.batch_limit(name))
             block = model.config.dynamic_batching

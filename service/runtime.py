@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,12 +319,42 @@ def _embedded_metadata(facts: onnxfile.ModelFacts) -> dict | None:
         raise LoadError(str(exc)[:500]) from None
 
 
+SHARED_TENSOR_BYTES = 1 << 20
+"""With shared weights, the initializers of at least this size go to the memory-mapped file; smaller ones stay."""
+
+
+def shared_weights_copy(data: bytes, path: Path, cache: Path) -> Path:
+    """The model file with its big initializers moved to external data, made once per machine under `cache` (the
+    first worker to get there writes it under a lock; the others wait and use it). Copies of earlier files of the
+    same version are removed: a worker still mapping one keeps its pages until it lets go."""
+    stat = path.stat()
+    version_dir = path.parent
+    prefix = f"{version_dir.parent.name}-{version_dir.name}-"
+    folder = cache / f"{prefix}{stat.st_size}-{stat.st_mtime_ns}"
+    if not (folder / "model.onnx").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "model.onnx").is_file():
+                for old in cache.glob(f"{prefix}*"):
+                    if old.is_dir() and old != folder:
+                        shutil.rmtree(old, ignore_errors=True)
+                work = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+                onnxfile.externalize(data, work, SHARED_TENSOR_BYTES)
+                os.rename(work, folder)
+    return folder / "model.onnx"
+
+
 def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config_fields: dict | None = None,
                default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, default_version_policy: dict | None = None,
-               max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES) -> LoadedModel:
+               max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES, share_weights_bytes: int = 0,
+               weights_cache: Path | None = None) -> LoadedModel:
     """Load, verify and warm up one version; raise LoadError saying why it cannot be served.
 
-    `config_fields` is the parsed config.pbtxt of the model (read from the model folder when not given)."""
+    `config_fields` is the parsed config.pbtxt of the model (read from the model folder when not given). A model
+    whose stored tensors declare at least `share_weights_bytes` (0: never) is run on the CPU from memory-mapped
+    weights, which the worker processes share: from its own external data, or from a copy made under
+    `weights_cache`; ONNX Runtime's weight prepacking, which would copy them per process, is off for it."""
     started = time.perf_counter()
     version_dir = Path(version_dir)
     model_dir = version_dir.parent
@@ -363,9 +397,20 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     providers = select_providers(device)
-    try:  # from the path when weights live beside it (checked above), else from the bytes already read
-        session = ort.InferenceSession(str(path) if facts.external else data, sess_options=options,
-                                       providers=providers)
+    source = str(path) if facts.external else data  # from the path when weights live beside it (checked above)
+    shared = (share_weights_bytes > 0 and facts.tensor_bytes >= share_weights_bytes
+              and PROVIDERS["cuda"] not in providers)  # on a GPU the weights are copied to its memory anyway
+    if shared:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_cpu_mem_arena = False  # a big model's activations are allocated per run, not kept pooled
+        if not facts.external and weights_cache is not None:
+            try:
+                source = str(shared_weights_copy(data, path, weights_cache))
+            except OSError as exc:  # no room for the copy: serve it unshared rather than not at all
+                log.warning("%s version %s: cannot write its shared weights (%s); each worker holds its own copy",
+                            model_dir.name, version_dir.name, exc)
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises several types for a bad graph
         message = str(exc).replace(str(version_dir), "<version>")[:300]
         raise LoadError(f"ONNX Runtime cannot load {filename}: {message}") from None
@@ -397,8 +442,8 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
                         model.name, model.version, str(exc)[:200])
             break
     model.load_seconds = time.perf_counter() - started
-    log.info("loaded %s version %s on %s in %.3fs", model.name, model.version, model.provider,
-             model.load_seconds)
+    log.info("loaded %s version %s on %s in %.3fs%s", model.name, model.version, model.provider,
+             model.load_seconds, ", from memory-mapped weights shared by the workers" if shared else "")
     return model
 
 

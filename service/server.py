@@ -171,6 +171,25 @@ def run_granian(settings: Settings) -> None:
     server.serve(target_loader=partial(_granian_app, settings=settings, master=os.getpid()))
 
 
+def preload() -> None:
+    """Import in the master what every worker imports, but ONNX Runtime (whose forked copies abort at exit), so the
+    forked workers share those pages instead of each building its own; gc.freeze keeps the collector from
+    touching (and so copying) them."""
+    import gc
+
+    import flask  # noqa: F401
+    import numpy  # noqa: F401
+    import orjson  # noqa: F401
+
+    import service.batching  # noqa: F401
+    import service.metrics  # noqa: F401
+    import service.modelconfig  # noqa: F401
+    import service.onnxfile  # noqa: F401
+    import service.protocol  # noqa: F401
+    import service.statistics  # noqa: F401
+    gc.freeze()
+
+
 def run(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
@@ -182,6 +201,7 @@ def run(settings: Settings) -> None:
     access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
     binary = resolve(settings)
     frontend = Frontend(binary, settings).start() if binary else None
+    preload()
     try:
         if settings.server == "granian":
             run_granian(settings)

@@ -66,6 +66,10 @@ class Settings:
     max_model_bytes: int = 4 << 30
     """Largest size a model's stored tensors (initializers, in the file or as external data) may declare; a
     larger model is refused before ONNX Runtime allocates anything."""
+    share_weights_bytes: int = 64 << 20
+    """A model whose stored tensors declare at least this many bytes runs on the CPU from memory-mapped weights that
+    the worker processes share (its memory counts once, not once per worker), with ONNX Runtime's weight prepacking
+    off; 0 = never."""
     dynamic_batching: bool = True
     """Batch concurrent requests per model version as its config.pbtxt's dynamic_batching block says (off: every
     request runs on its own)."""
@@ -107,6 +111,8 @@ class Settings:
         self._parse_batch_limits()
         if not 0 <= self.grpc_port < 65536:
             raise ValueError(f"grpc_port: expected 0 (off) to 65535, got {self.grpc_port}")
+        if self.share_weights_bytes < 0:
+            raise ValueError(f"share_weights_bytes: expected 0 (never) or more, got {self.share_weights_bytes}")
         for name in ("port", "threads", "max_body_bytes", "default_max_batch_size", "max_model_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
