@@ -118,3 +118,4 @@ bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed .venv-pytriton/.installed
 	$(DEV_VENV)/bin/python -m bench.train_speed
 	$(DEV_VENV)/bin/python -m bench.many_models --out bench/results/many_models.json
 	$(DEV_VENV)/bin/python -m bench.big_model --out bench/results/big_model.json
+	$(SERVE_VENV)/bin/python -m bench.tensor_cost --out bench/results/tensor_cost.json
