@@ -6,6 +6,9 @@ baseline does: Triton's own HTTP and gRPC endpoints in front of the same ONNX fi
     LD_LIBRARY_PATH=$(python3.11 -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') \\
         .venv-pytriton/bin/python bench/pytriton_app.py HTTP_PORT GRPC_PORT METRICS_PORT digits-mlp digits-cnn
 
+PYTRITON_REPOSITORY (default models/) is the repository the ONNX files are read from. PyTriton's default model
+configuration batches dynamically, as Triton's dynamic batcher does.
+
 PyTriton's Python backend stub links the system's libpython3.11; LD_LIBRARY_PATH makes it load the one of the
 interpreter that runs this script, whose standard library it then reads (without it the model fails to load
 with "'_thread.RLock' object has no attribute '_recursion_count'" on this machine).
@@ -13,6 +16,7 @@ with "'_thread.RLock' object has no attribute '_recursion_count'" on this machin
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -21,11 +25,12 @@ from pytriton.decorators import batch
 from pytriton.model_config import ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-SHAPES = {"digits-mlp": (64,), "digits-cnn": (1, 8, 8)}
+SHAPES = {"digits-mlp": (64,), "digits-cnn": (1, 8, 8), "mnist-cnn": (1, 28, 28)}
+REPOSITORY = os.environ.get("PYTRITON_REPOSITORY", "models")  # relative to the root, where this is run from
 
 
 def infer_function(model: str):
-    session = ort.InferenceSession(f"models/{model}/1/model.onnx", providers=["CPUExecutionProvider"])  # from the root
+    session = ort.InferenceSession(f"{REPOSITORY}/{model}/1/model.onnx", providers=["CPUExecutionProvider"])
 
     @batch
     def infer(input):

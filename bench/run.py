@@ -50,7 +50,8 @@ import numpy as np
 from bench import grpc_h2load
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ["digits-mlp", "digits-cnn", "co2-lstm", "digits-transformer"]
+ZOO_MODELS = ["digits-mlp", "digits-cnn", "co2-lstm", "digits-transformer"]
+MODELS = [*ZOO_MODELS, "mnist-cnn"]  # mnist-cnn: generated (bench/compute_models.py), the compute-bound one
 CONCURRENCY = [1, 8, 64]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -187,7 +188,7 @@ FLAG_VARIANTS = {
     "nnserve-unbatched": (["--no-dynamic-batching"], " (every request runs on its own, whatever config.pbtxt says)"),
 }
 SERVERS = ["nnserve", "naive", "torch", "pytriton", *FLAG_VARIANTS]
-PYTRITON_MODELS = ["digits-mlp", "digits-cnn"]  # what bench/pytriton_app.py serves
+PYTRITON_MODELS = ["digits-mlp", "digits-cnn", "mnist-cnn"]  # what bench/pytriton_app.py serves
 
 
 def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path) -> dict[str, dict]:
@@ -203,21 +204,24 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
         },
         # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
         **{name: {"argv": lambda port, flags=flags: [*service, str(repository), "--port", str(port), *flags],
-                  "env": {}, "encodings": ["json"], "describe": f"python -m service {' '.join(flags)}{note}"}
+                  "env": {}, "encodings": ["json", "binary"] if name == "nnserve-unbatched" else ["json"],
+                  "describe": f"python -m service {' '.join(flags)}{note}"}
            for name, (flags, note) in FLAG_VARIANTS.items()},
         "pytriton": {  # the gRPC port comes from NNSERVE_GRPC_PORT, which Server sets for every server
             "argv": lambda port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py", str(port),
                                   os.environ["NNSERVE_GRPC_PORT"], str(free_port()),
                                   *[m for m in models if m in PYTRITON_MODELS]],
-            "env": {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")}, "encodings": ["grpc"],
-            "models": PYTRITON_MODELS,
+            "env": {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR"), "PYTRITON_REPOSITORY": str(repository)},
+            "encodings": ["json", "binary", "grpc"], "models": [m for m in models if m in PYTRITON_MODELS],
+            "model_ready": True,
             "describe": "bench/pytriton_app.py: PyTriton 0.5.14 (tritonserver 2.51), ONNX Runtime in its Python "
-                        "callable, max_batch_size 64; its gRPC endpoint driven by h2load",
+                        "callable, max_batch_size 64, its dynamic batcher; HTTP by wrk, gRPC by h2load",
         },
         "torch": {
             "argv": lambda port: [str(ROOT / ".venv-dev/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
                                   "bench.torch_app:create_app()"],
-            "env": {"TORCH_MODELS": ",".join(models), "TORCH_RUNS": str(runs)}, "encodings": ["json"],
+            "env": {"TORCH_MODELS": ",".join(m for m in models if m in ZOO_MODELS), "TORCH_RUNS": str(runs)},
+            "encodings": ["json"], "models": ZOO_MODELS,
             "describe": "bench/torch_app.py: Flask + torch eager, gunicorn gthread 2 workers x 4 threads",
         },
     }
@@ -233,6 +237,7 @@ class Server:
         env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "NNSERVE_GRPC_PORT": str(self.grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         os.environ["NNSERVE_GRPC_PORT"] = str(self.grpc_port)  # for argv builders that need the gRPC port
+        self.started = time.monotonic()
         self.proc = subprocess.Popen(spec["argv"](self.port), cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -262,6 +267,17 @@ class Server:
                 return time.monotonic() - start
             time.sleep(0.05 if streak else 0.25)
         raise RuntimeError(f"{self.name} not ready after {timeout} s; see {self.log_path}")
+
+    def wait_model_ready(self, model: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", f"/v2/models/{model}/ready", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name}: model {model} not ready after {timeout} s; see {self.log_path}")
 
     def stop(self, keep_dir: Path) -> None:
         if self.proc.poll() is None:
@@ -466,11 +482,27 @@ def check_targets(doc: dict) -> list[dict]:
             if r and base:
                 results.append({"target": f"{model} {encoding} c=1 p50 no worse than baseline",
                                 "value": r["p50_ms"] / base["p50_ms"], "met": r["p50_ms"] <= base["p50_ms"]})
-    for model in PYTRITON_MODELS:
+    for model in ("digits-mlp", "digits-cnn"):
         r, triton = rows.get(("nnserve", model, "grpc", 64)), rows.get(("pytriton", model, "grpc", 64))
         if r and triton:
             results.append({"target": f"{model} gRPC c=64 requests/s >= 1.5x PyTriton's gRPC",
                             "value": r["rps"] / triton["rps"], "met": r["rps"] >= 1.5 * triton["rps"]})
+    cnn_json, triton_json = rows.get(("nnserve", "mnist-cnn", "json", 64)), rows.get(("pytriton", "mnist-cnn", "json", 64))
+    if cnn_json and triton_json:
+        results.append({"target": "mnist-cnn JSON c=64 requests/s >= 2x PyTriton's (its dynamic batcher on)",
+                        "value": cnn_json["rps"] / triton_json["rps"], "met": cnn_json["rps"] >= 2 * triton_json["rps"]})
+    cnn_binary = rows.get(("nnserve", "mnist-cnn", "binary", 64))
+    batch32 = next((f for f in doc["floor"] if f["model"] == "mnist-cnn" and f["ort_threads"] == "1 thread"
+                    and f["batch"] == 32), None)
+    if cnn_binary and batch32:
+        ceiling = doc["machine"]["cpus_available"] * 1e6 / batch32["per_sample_us"]
+        results.append({"target": "mnist-cnn binary c=64 requests/s >= 50 % of the batched floor (CPUs x batch-32 "
+                        "samples/s)", "value": cnn_binary["rps"] / ceiling, "met": cnn_binary["rps"] >= 0.5 * ceiling})
+    for model in [m for m in doc["settings"]["models"] if m in ZOO_MODELS]:
+        on, off = rows.get(("nnserve", model, "json", 64)), rows.get(("nnserve-unbatched", model, "json", 64))
+        if on and off:
+            results.append({"target": f"{model} JSON c=64: the default batching costs at most 3 % against off",
+                            "value": on["rps"] / off["rps"], "met": on["rps"] >= 0.97 * off["rps"]})
     nnserve_runs = [r for r in doc["runs"] if r["server"] == "nnserve"]
     errors = sum(r["errors"] for r in doc["runs"])
     results.append({"target": "zero errors in every run", "value": errors, "met": errors == 0 and bool(nnserve_runs)})
@@ -668,9 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None,
                         help="seconds of unmeasured load per server/model/encoding before its runs "
                              "(default: a fifth of the duration, at least 1)")
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=[*MODELS, "mnist-cnn"],
-                        help="mnist-cnn is generated into a repository by bench/compute_models.py (--repository)")
-    parser.add_argument("--servers", nargs="+", default=["nnserve", "naive", "torch", "pytriton"],
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS,
+                        help="mnist-cnn is generated (bench/compute_models.py) and served beside the repository's")
+    parser.add_argument("--servers", nargs="+", default=["nnserve", "nnserve-unbatched", "naive", "torch", "pytriton"],
                         choices=SERVERS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY)
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads, capped at the connections")
@@ -694,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench: the pytriton server needs .venv-pytriton (`make bench` makes it; the command is in "
                          "bench/pytriton_app.py)")
     if "torch" in args.servers:
-        missing = [m for m in args.models if not (args.runs / m / "summary.json").is_file()]
+        missing = [m for m in args.models if m in ZOO_MODELS and not (args.runs / m / "summary.json").is_file()]
         if missing:
             raise SystemExit(f"bench: no finished run folder in {args.runs} for {missing}; train them with "
                              f".venv-dev/bin/python -m training zoo --out {args.runs} --only {' '.join(missing)} --quiet")
@@ -711,6 +743,13 @@ def main(argv: list[str] | None = None) -> int:
                               "note": "wrk runs on the same machine as the server and competes with it for CPU"},
                  "servers": {}, "floor": [], "runs": [], "memory": {}, "agreement": [], "failures": []}
 
+    generated = Path(tempfile.mkdtemp(prefix="nnserve-bench-models-"))
+    if "mnist-cnn" in args.models:  # the repository, with the generated model beside the zoo's
+        from bench.compute_models import write_repository
+
+        shutil.copytree(args.repository, generated, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("plots", "*.md", ".publish.lock"))
+        args.repository = write_repository(generated)
     print("bench: in-process floor (session.run)", flush=True)
     doc["floor"] = floor(args.models, args.repository, args.floor_seconds)
     for f in doc["floor"]:
@@ -727,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(name, spec, workdir)
             try:
                 ready_s = server.wait_ready()
+                if spec.get("model_ready"):  # PyTriton says it is ready before its models have loaded
+                    for model in spec["models"]:
+                        server.wait_model_ready(model)
+                    ready_s = time.monotonic() - server.started
                 loaded = "all in the repository" if name.startswith("nnserve") else ", ".join(args.models)
                 doc["memory"][name] = {"models": loaded, "ready_s": ready_s,
                                        "after_ready": tree_memory(server.proc.pid)}
@@ -777,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["agreement"].append({"server": name, "model": model, "encoding": encoding,
                                      "max_abs_diff": max(diffs)})
 
+    shutil.rmtree(generated, ignore_errors=True)
     add_ratios(doc["runs"])
     doc["targets"] = check_targets(doc)
     doc["grpc"] = grpc_comparison(doc["runs"])
