@@ -207,6 +207,12 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
                   "env": {}, "encodings": ["json", "binary"] if name == "nnserve-unbatched" else ["json"],
                   "describe": f"python -m service {' '.join(flags)}{note}"}
            for name, (flags, note) in FLAG_VARIANTS.items()},
+        "naive": {
+            "argv": lambda port: [str(ROOT / ".venv/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
+                                  "bench.naive_app:create_app()"],
+            "env": {"NAIVE_MODELS": ",".join(models), "NAIVE_REPOSITORY": str(repository)}, "encodings": ["json"],
+            "describe": "bench/naive_app.py: Flask + ORT, gunicorn gthread 2 workers x 4 threads",
+        },
         "pytriton": {  # the gRPC port comes from NNSERVE_GRPC_PORT, which Server sets for every server
             "argv": lambda port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py", str(port),
                                   os.environ["NNSERVE_GRPC_PORT"], str(free_port()),
