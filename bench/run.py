@@ -196,27 +196,28 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
     service = [str(ROOT / ".venv/bin/python"), "-m", "service", "--models"]
     return {
         "nnserve": {
-            "argv": lambda port: [*service, str(repository), "--port", str(port)],
+            "argv": lambda port, grpc_port: [*service, str(repository), "--port", str(port)],
             "env": {}, "encodings": ["json", "binary", "grpc"],
             "describe": "python -m service (its defaults: granian WSGI, one worker per CPU, 8 threads, dynamic batching as "
                         "the shipped config.pbtxt files say (on, queue delay 0); "
                         "gRPC driven by h2load)",
         },
         # Variants, for what each choice buys (not in the default run): --servers nnserve nnserve-gunicorn ...
-        **{name: {"argv": lambda port, flags=flags: [*service, str(repository), "--port", str(port), *flags],
+        **{name: {"argv": lambda port, grpc_port, flags=flags: [*service, str(repository), "--port", str(port),
+                                                                 *flags],
                   "env": {}, "encodings": ["json", "binary"] if name == "nnserve-unbatched" else ["json"],
                   "describe": f"python -m service {' '.join(flags)}{note}"}
            for name, (flags, note) in FLAG_VARIANTS.items()},
         "naive": {
-            "argv": lambda port: [str(ROOT / ".venv/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
-                                  "bench.naive_app:create_app()"],
+            "argv": lambda port, grpc_port: [str(ROOT / ".venv/bin/gunicorn"), *gthread, "-b",
+                                             f"127.0.0.1:{port}", "bench.naive_app:create_app()"],
             "env": {"NAIVE_MODELS": ",".join(models), "NAIVE_REPOSITORY": str(repository)}, "encodings": ["json"],
             "describe": "bench/naive_app.py: Flask + ORT, gunicorn gthread 2 workers x 4 threads",
         },
-        "pytriton": {  # the gRPC port comes from NNSERVE_GRPC_PORT, which Server sets for every server
-            "argv": lambda port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py", str(port),
-                                  os.environ["NNSERVE_GRPC_PORT"], str(free_port()),
-                                  *[m for m in models if m in PYTRITON_MODELS]],
+        "pytriton": {
+            "argv": lambda port, grpc_port: [str(ROOT / ".venv-pytriton/bin/python"), "bench/pytriton_app.py",
+                                             str(port), str(grpc_port), str(free_port()),
+                                             *[m for m in models if m in PYTRITON_MODELS]],
             "env": {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR"), "PYTRITON_REPOSITORY": str(repository)},
             "encodings": ["json", "binary", "grpc"], "models": [m for m in models if m in PYTRITON_MODELS],
             "model_ready": True,
@@ -224,8 +225,8 @@ def server_specs(models: list[str], repository: Path, runs: Path, workdir: Path)
                         "callable, max_batch_size 64, its dynamic batcher; HTTP by wrk, gRPC by h2load",
         },
         "torch": {
-            "argv": lambda port: [str(ROOT / ".venv-dev/bin/gunicorn"), *gthread, "-b", f"127.0.0.1:{port}",
-                                  "bench.torch_app:create_app()"],
+            "argv": lambda port, grpc_port: [str(ROOT / ".venv-dev/bin/gunicorn"), *gthread, "-b",
+                                             f"127.0.0.1:{port}", "bench.torch_app:create_app()"],
             "env": {"TORCH_MODELS": ",".join(m for m in models if m in ZOO_MODELS), "TORCH_RUNS": str(runs)},
             "encodings": ["json"], "models": ZOO_MODELS,
             "describe": "bench/torch_app.py: Flask + torch eager, gunicorn gthread 2 workers x 4 threads",
@@ -242,9 +243,8 @@ class Server:
         self.log = open(self.log_path, "wb")
         env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "NNSERVE_GRPC_PORT": str(self.grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        os.environ["NNSERVE_GRPC_PORT"] = str(self.grpc_port)  # for argv builders that need the gRPC port
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(spec["argv"](self.port), cwd=ROOT, env=env, stdout=self.log,
+        self.proc = subprocess.Popen(spec["argv"](self.port, self.grpc_port), cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
