@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -20,7 +22,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODELS = ROOT / "models"
+
+
+def shipped_models(root: Path) -> Path:
+    """The model repository as git ships it: the tracked files of `root/models`, copied once per test session.
+
+    Users publish their own models and new versions into models/ (the README shows how); the tests check what the
+    project ships, so what a user added there changes nothing they see. Outside a git checkout (an unpacked archive,
+    an image) models/ is taken as it is."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", "models"], capture_output=True,
+                                check=True, timeout=30).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return root / "models"
+    tracked = [name for name in listed.split("\0") if name and (root / name).is_file()]
+    if not tracked:
+        return root / "models"
+    snapshot = Path(tempfile.mkdtemp(prefix="nnserve-shipped-")) / "models"
+    atexit.register(shutil.rmtree, snapshot.parent, True)
+    for name in tracked:
+        target = snapshot / Path(name).relative_to("models")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    return snapshot
+
+
+SHIPPED_MODELS = shipped_models(ROOT)
 FAST_EPOCHS = 8  # enough for > 90 % on digits in about a second
 
 
