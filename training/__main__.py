@@ -26,8 +26,6 @@ def _fit(args: argparse.Namespace) -> int:
     config = apply_overrides(config, overrides + list(args.set))
     if not config.name:
         config.name = f"{config.dataset}-{config.arch}"
-    if config.train.epochs < 1:
-        raise ValueError(f"train.epochs: expected at least 1, got {config.train.epochs}")
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR: the run folder to continue")
     out = args.out or Path("runs") / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"

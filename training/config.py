@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ SEARCH_TYPES = {
     "widths": {"low", "high", "log", "step", "layers"},  # a list of ints: its length and each width are searched
 }
 FREE_SECTIONS = ("data", "model", "eval")  # free-form tables: their keys are checked when a run builds them
+TOP_LEVEL = ("name", "arch", "dataset", "task", "seed")  # the single values of a config
 
 
 @dataclass
@@ -60,8 +62,78 @@ class SplitConfig:
     test: float = 0.2
 
 
-# The typed tables of a config: their keys are checked when a config is read.
+# The typed tables of a config: their keys, types and ranges are checked when a config is read.
 SECTIONS = {"optimizer": OptimizerConfig, "schedule": ScheduleConfig, "train": TrainConfig, "split": SplitConfig}
+
+# Ranges of numeric values: (low, low included, high, high included); None is unbounded.
+RANGES = {
+    "optimizer.lr": (0, False, None, False), "optimizer.weight_decay": (0, True, None, False),
+    "optimizer.momentum": (0, True, 1, False),
+    "schedule.step_size": (1, True, None, False), "schedule.gamma": (0, False, 1, True),
+    "schedule.factor": (0, False, 1, False), "schedule.patience": (0, True, None, False),
+    "train.batch_size": (1, True, None, False), "train.epochs": (1, True, None, False),
+    "train.patience": (0, True, None, False), "train.grad_clip": (0, True, None, False),
+    "train.checkpoint_seconds": (0, True, None, False),
+    "split.val": (0, False, 1, False), "split.test": (0, False, 1, False),
+    "seed": (0, True, None, False), "model.dropout": (0, True, 1, False),
+}
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _parses(text: str) -> bool:
+    try:
+        tomllib.loads(f"v = {text}")
+        return True
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+def _in_range(path: str, value: float) -> None:
+    low, low_in, high, high_in = RANGES.get(path, (None, False, None, False))
+    if (low is not None and (value < low or (value == low and not low_in))) or \
+            (high is not None and (value > high or (value == high and not high_in))):
+        if high is None:
+            wanted = f"{'>=' if low_in else '>'} {low}"
+        else:
+            wanted = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+        raise ValueError(f"{path}: expected a value {wanted}, got {value!r}")
+
+
+def _checked(path: str, expected: Any, value: Any, counts: bool) -> Any:
+    """`value` as the field's type (an int widened where a float is expected), or a ValueError naming the path, the
+    value and the type. `counts`: every integer is a size or a count, so at least 1."""
+    if typing.get_origin(expected) is list:
+        (item,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected an array of {PLURALS[item]} in TOML syntax, e.g. {path}=[64, 32], "
+                             f"got {_describe(value)}")
+        return [_checked(f"{path}[{i}]", item, v, counts) for i, v in enumerate(value)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected in TYPE_WORDS and (type(value) is not expected):
+        hint = " (write numbers and booleans without quotes)" if isinstance(value, str) and expected is not str \
+            and _parses(value) else ""
+        raise ValueError(f"{path}: expected {TYPE_WORDS[expected]}, got {_describe(value)}{hint}")
+    if expected in (int, float):
+        _in_range(path.split("[")[0], value)
+        if counts and expected is int and value < 1:
+            raise ValueError(f"{path}: expected a positive integer, got {value!r}")
+    return value
+
+
+def check_fields(cls: type, values: dict, section: str, counts: bool = False) -> dict:
+    """The values of a typed table checked against its dataclass's field types and RANGES; ValueError names the key
+    (`optimizer.lr`), the value and the expected type. Keys the class lacks are left to the caller."""
+    hints = typing.get_type_hints(cls)
+    return {key: _checked(f"{section}.{key}" if section else key, hints[key], value, counts) if key in hints else value
+            for key, value in values.items()}
 
 
 @dataclass
@@ -113,7 +185,11 @@ class RunConfig:
                 bad = sorted(set(data[key]) - valid)
                 if bad:
                     raise ValueError(f"unknown key(s) {[f'{key}.{b}' for b in bad]}; valid: {sorted(valid)}")
-                data[key] = section_cls(**data[key])
+                data[key] = section_cls(**check_fields(section_cls, data[key], key))
+        data.update(check_fields(cls, {k: v for k, v in data.items() if k in TOP_LEVEL}, ""))
+        for key in FREE_SECTIONS:
+            if key in data and not isinstance(data[key], dict):
+                raise ValueError(f"{key}: expected a table, got {_describe(data[key])}")
         if "search" in data:
             check_search(data["search"])
         return cls(**data)

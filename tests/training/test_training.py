@@ -222,6 +222,32 @@ def test_set_overrides_are_typed():
     assert config.optimizer.name == "sgd"
 
 
+@pytest.mark.parametrize("setting, expected", [
+    ("optimizer.lr=abc", "optimizer.lr: expected a number, got 'abc' (a string)"),
+    ('optimizer.lr="0.01"', "optimizer.lr: expected a number, got '0.01' (a string) (write numbers and booleans "
+                            "without quotes)"),
+    ("optimizer.lr=0", "optimizer.lr: expected a value > 0, got 0.0"),
+    ("model.hidden_dims=64,32", "model.hidden_dims: expected an array of integers in TOML syntax, e.g. "
+                                "model.hidden_dims=[64, 32], got '64,32' (a string)"),
+    ("model.hidden_dims=[64,0]", "model.hidden_dims[1]: expected a positive integer, got 0"),
+    ("model.dropout=1.5", "model.dropout: expected a value in [0, 1), got 1.5"),
+    ("model.batch_norm=yes", "model.batch_norm: expected true or false, got 'yes' (a string)"),
+    ("train.epochs=ten", "train.epochs: expected an integer, got 'ten' (a string)"),
+    ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5 (a number)"),
+    ("train.batch_size=0", "train.batch_size: expected a value >= 1, got 0"),
+    ("split.test=1.2", "split.test: expected a value in (0, 1), got 1.2"),
+    ("seed=-1", "seed: expected a value >= 0, got -1"),
+    ("data=3", "data: expected a table, got 3 (an integer)"),
+])
+def test_a_bad_set_value_gets_one_line_naming_the_key_the_value_and_the_type(setting, expected, tmp_path, capsys):
+    from training.__main__ import main
+
+    assert main(["fit", "digits-mlp", "--set", setting, "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m training fit: {expected}\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_every_zoo_config_is_valid():
     for name in ZOO:
         config = load_config(CONFIG_DIR / f"{name}.toml")

@@ -89,6 +89,9 @@ def resolve_hyper(arch: str, model: dict, sample_shape: list[int], out_features:
     if clash:
         raise ValueError(f"model: {clash} are set by the data or the architecture name for {arch!r}; "
                          f"remove them (they would be {[decided[k] for k in clash]})")
+    from training.config import check_fields
+
+    model = check_fields(spec.config_cls, model, "model", counts=True)
     hyper = {**model, **{k: v for k, v in decided.items() if k in valid}}
     return dataclasses.asdict(spec.config_cls(**hyper))
 
