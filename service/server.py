@@ -168,7 +168,19 @@ def run_granian(settings: Settings) -> None:
         respawn_failed_workers=True,
         websockets=False,
     )
+    logging.getLogger("_granian").addFilter(_ThreadCountNotice())
     server.serve(target_loader=partial(_granian_app, settings=settings, master=os.getpid()))
+
+
+class _ThreadCountNotice(logging.Filter):
+    """Drops granian's warning that more blocking threads than 2 x CPUs + 1 "seems quite high".
+
+    The count is nnserve's `--threads` (8 by default, chosen by measurement: docs/performance.md). A request thread
+    mostly waits, in ONNX Runtime (which releases the GIL) or in the dynamic batcher, whose batches can only be as
+    large as the requests waiting; a warning on every start that names no setting of nnserve helps no one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Configuration allows spawning up to")
 
 
 def preload() -> None:

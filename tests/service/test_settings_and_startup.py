@@ -118,6 +118,7 @@ def test_no_worker_outlives_the_server(tmp_path, server, wait):
     workers = _children(srv.process.pid)
     assert workers
     assert srv.stop() == 0
+    assert "seems quite high" not in srv.log.read_text()  # granian's thread-count warning: nothing to act on
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
