@@ -7,7 +7,7 @@ SERVE_VENV := .venv
 DEV_VENV := .venv-dev
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-container test-monitoring test-reliability audit image image-trainer lock clean help
+.PHONY: serve test test-container test-monitoring test-reliability test-gpu audit image image-trainer lock clean help
 
 help:
 	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-container   build and run the images with podman (installs podman; several minutes)"
 	@echo "make test-monitoring  promtool and a real Prometheus against the service (installs prometheus)"
 	@echo "make test-reliability wrk load, hot reload, kill -9, SIGTERM and a 100,000-request soak (about 6 minutes)"
+	@echo "make test-gpu the CUDA path on an NVIDIA GPU: .venv-gpu, serve, refuse, train, bench (exit 77 without a GPU)"
 	@echo "make audit   pip-audit over requirements/*.lock (needs pypi.org's JSON API or api.osv.dev)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
 
@@ -77,6 +78,14 @@ test-monitoring: $(DEV_VENV)/.installed
 test-reliability: $(DEV_VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk)
 	$(DEV_VENV)/bin/python -m pytest -m reliability -s $(PYTEST_ARGS)
+
+# The CUDA path on a machine with an NVIDIA GPU (docs/gpu.md): builds .venv-gpu (onnxruntime-gpu, torch's CUDA wheel),
+# then serve, refuse, train and bench checks; summary in build/gpu/. Exit 77 without a GPU. GPU_WHEELS=DIR installs
+# from a wheel folder (no registry); GPU_ARGS (e.g. --force, --dry-run, --steps serve,bench) goes to the script.
+GPU_WHEELS ?=
+GPU_ARGS ?=
+test-gpu:
+	$(PYTHON) tests/gpu/run_gpu.py $(if $(GPU_WHEELS),--wheels $(GPU_WHEELS)) $(GPU_ARGS)
 
 # pip-audit over the locked dependencies, against PyPI's vulnerability data (AUDIT_SERVICE=osv for OSV's). --strict:
 # a package that could not be looked up fails the audit instead of passing unchecked.
