@@ -42,6 +42,7 @@ REQUIRED_FIELDS = ("schema_version", "name", "version", "architecture", "task", 
                    "preprocessing", "training", "export")
 REQUIRED_TRAINING_FIELDS = ("dataset", "split", "seed", "metrics", "hyperparameters", "library_versions",
                             "created_at")
+DATASET_SOURCES = ("bundled", "file", "folder")  # training.dataset_source: a library's dataset, a user's file or folder
 
 
 class MetadataError(ValueError):
@@ -86,6 +87,40 @@ def _check_tensors(field: str, tensors: Any, problems: list[str]) -> None:
             problems.append(f"{where}.shape: expected a non-empty list of positive ints or -1, got {shape!r}")
 
 
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) and x for x in value)
+
+
+def _check_preprocessing(preprocessing: dict, problems: list[str]) -> None:
+    """The optional parts: `before_graph` (what a client does to raw data, as sentences) and `input_shapes`
+    (input name -> what one sample of that input holds)."""
+    before = preprocessing.get("before_graph")
+    if "before_graph" in preprocessing and not _is_text_list(before):
+        problems.append(f"preprocessing.before_graph: expected a list of non-empty strings, got {before!r:.80}")
+    shapes = preprocessing.get("input_shapes")
+    if "input_shapes" in preprocessing and (
+            not isinstance(shapes, dict) or not all(isinstance(v, str) and v for v in shapes.values())):
+        problems.append(f"preprocessing.input_shapes: expected an object of input name -> non-empty string, "
+                        f"got {shapes!r:.80}")
+
+
+def _check_features(features: Any, inputs: Any, problems: list[str]) -> None:
+    """`features` names the columns of a single input [batch, F], in order: F names, each once."""
+    if not _is_text_list(features) or not features:
+        problems.append(f"features: expected a non-empty list of non-empty strings, got {features!r:.80}")
+        return
+    if len(set(features)) != len(features):
+        twice = sorted({f for f in features if features.count(f) > 1})
+        problems.append(f"features: {twice} appear more than once; expected each name once")
+    shape = inputs[0].get("shape") if isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], dict) \
+        else None
+    if not isinstance(shape, list) or len(shape) != 2:
+        problems.append(f"features: expected a model with one input of shape [batch, F], got inputs {inputs!r:.80}")
+    elif shape[1] != len(features):
+        problems.append(f"features: {len(features)} names, but input '{inputs[0].get('name')}' has shape {shape} "
+                        f"(expected [batch, {len(features)}])")
+
+
 def validate_metadata(meta: Any) -> list[str]:
     """Return every way `meta` breaks the contract, each naming its field; an empty list means valid."""
     if not isinstance(meta, dict):
@@ -114,6 +149,10 @@ def validate_metadata(meta: Any) -> list[str]:
     for field in ("preprocessing", "export"):
         if field in meta and not isinstance(meta[field], dict):
             problems.append(f"{field}: expected an object, got {type(meta[field]).__name__}")
+    if isinstance(meta.get("preprocessing"), dict):
+        _check_preprocessing(meta["preprocessing"], problems)
+    if "features" in meta:
+        _check_features(meta["features"], meta.get("inputs"), problems)
     training = meta.get("training")
     if "training" in meta:
         if not isinstance(training, dict):
@@ -121,6 +160,9 @@ def validate_metadata(meta: Any) -> list[str]:
         else:
             problems += [f"training.{key}: required field is missing"
                          for key in REQUIRED_TRAINING_FIELDS if key not in training]
+            source = training.get("dataset_source")
+            if "dataset_source" in training and source not in DATASET_SOURCES:
+                problems.append(f"training.dataset_source: expected one of {list(DATASET_SOURCES)}, got {source!r:.80}")
             metrics = training.get("metrics", {})
             if not isinstance(metrics, dict) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -8,19 +8,32 @@ sliding windows of `window` past values and the `horizon` values that follow). S
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from service.artifact import DATASET_SOURCES
+
 FORMS = ("table", "image", "sequence")  # what an architecture takes: [B, F], [B, C, H, W] or [B, T, F]
+
+
+SOURCES = DATASET_SOURCES  # where a dataset comes from: shipped with a library, a user's file or folder
 
 
 @dataclass
 class Dataset:
-    """Features in raw units and targets; `labels` name the classes; `season` is a series' period."""
+    """Features in raw units and targets; `labels` name the classes; `season` is a series' period.
+
+    `name` is what a published model records: a bundled dataset's name ("wine"), a user file's name with its
+    extension ("wine.csv"), a user folder's name with a trailing slash ("pets/"); never the directories above it.
+    `features` names a table's columns in input order. `loading` lists, as plain sentences, what was done to the
+    raw data before it reached the arrays in X (decoding, color conversion, resizing, pixel scale), so that a
+    client can do the same.
+    """
 
     name: str
     kind: str  # table, image or series
@@ -30,6 +43,10 @@ class Dataset:
     labels: list[str] | None
     description: str
     season: int | None = None
+    source: str = "bundled"  # one of SOURCES
+    features: list[str] | None = None
+    loading: list[str] = field(default_factory=list)
+    sample: str = ""  # one sample as X holds it, e.g. "a grayscale image of 32x32 pixels, values 0-255"
 
 
 @dataclass
@@ -56,11 +73,16 @@ def _sklearn(loader: str, task: str, description: str) -> Callable[[], Dataset]:
         import sklearn.datasets
 
         bunch = getattr(sklearn.datasets, f"load_{loader}")()
+        features = [str(f) for f in bunch.feature_names]
+        loading = [f"the {len(features)} features of scikit-learn's load_{loader}() in its order (see `features`), "
+                   "in their own units, as float32"]
+        sample = f"{len(features)} features in their own units"
         if task == "regression":
             return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.float32),
-                           None, description)
+                           None, description, features=features, loading=loading, sample=sample)
         return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.int64),
-                       [str(c) for c in bunch.target_names], description)
+                       [str(c) for c in bunch.target_names], description, features=features, loading=loading,
+                       sample=sample)
 
     return load
 
@@ -71,7 +93,10 @@ def _digits() -> Dataset:
     bunch = load_digits()
     return Dataset("digits", "image", "multiclass", bunch.images.astype(np.float32)[:, None], bunch.target.astype(np.int64),
                    [str(c) for c in bunch.target_names],
-                   "scikit-learn digits: 1797 grayscale images of 8x8 pixels, values 0-16", )
+                   "scikit-learn digits: 1797 grayscale images of 8x8 pixels, values 0-16",
+                   loading=["scikit-learn's load_digits() images: grayscale, 8x8 pixels, values 0-16 (not scaled), "
+                            "as float32 [C, H, W] = [1, 8, 8]"],
+                   sample="a grayscale image of 8x8 pixels, values 0-16")
 
 
 def _statsmodels_series(name: str, column: str, season: int, description: str) -> Callable[[], Dataset]:
@@ -82,7 +107,9 @@ def _statsmodels_series(name: str, column: str, season: int, description: str) -
             warnings.simplefilter("ignore")
             frame = importlib.import_module(f"statsmodels.datasets.{name}").load_pandas().data
         values = frame[column].interpolate().to_numpy(dtype=np.float32)  # co2 has 59 missing weeks
-        return Dataset(name, "series", "forecasting", values, None, None, description, season=season)
+        return Dataset(name, "series", "forecasting", values, None, None, description, season=season,
+                       loading=[f"statsmodels' {name} column {column!r} in time order, in its own units, as float32"],
+                       sample="values of the series in its own units")
 
     return load
 
@@ -114,8 +141,24 @@ def load_dataset(name: str, options: dict | None = None) -> Dataset:
                      "or a path to a .csv, a .npz or a folder of class folders")
 
 
+def dataset_label(dataset: str) -> str:
+    """A short, filesystem-safe name for a dataset, for run folders: a bundled dataset's name ("wine"), a file's
+    stem and kind ("wine-csv" for data/wine.csv), a folder's own name ("pets" for /data/pets/)."""
+    if dataset in DATASETS:
+        return dataset
+    path = Path(dataset)
+    if path.suffix.lower() in (".csv", ".npz"):
+        label = f"{path.stem}-{path.suffix[1:].lower()}"
+    else:
+        label = path.name or Path(dataset).resolve().name
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip(".-_")[:64].strip(".-_")
+    return label or "data"
+
+
 def load_user_dataset(path: Path, options: dict) -> Dataset:
-    """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders."""
+    """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders.
+
+    The dataset is named by the file's or folder's own name, never by the directories above it."""
     from training import datafiles
 
     task = options.get("task")
@@ -125,11 +168,19 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
             if options.get("series") is None and len(columns) != 1:
                 raise ValueError(f"{path}: has columns {columns}; say which is the target with data.target=NAME, "
                                  "or which holds a series with data.series=NAME")
+            column = options.get("series") or columns[0]
             values = datafiles.load_csv_series(path, options.get("series"))
-            return Dataset(path.stem, "series", "forecasting", values, None, None, f"series from {path.name}",
-                           season=options.get("season"))
+            return Dataset(path.name, "series", "forecasting", values, None, None, f"series from {path.name}",
+                           season=options.get("season"), source="file",
+                           loading=[f"column {column!r} of {path.name} in file order, in its own units, as float32"],
+                           sample="values of the series in its own units")
         X, y, features = datafiles.load_csv_table(path, options["target"], options.get("features"))
-        return _table_from_targets(path, X, y, task, f"{path.name}: features {features}")
+        data = _table_from_targets(path, X, y, task, f"{path.name}: features {features}")
+        data.features = list(features)
+        data.loading = [f"the {len(features)} columns of {path.name} in the order of `features`, in their own units, "
+                        "as float32"]
+        data.sample = f"{len(features)} features in their own units"
+        return data
     if path.suffix.lower() == ".npz":
         X, y = datafiles.load_npz(path)
         kind = "image" if X.ndim == 4 else "table"
@@ -137,10 +188,37 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
             raise ValueError(f"{path}: X must be [N, F] or [N, C, H, W], got shape {list(X.shape)}")
         data = _table_from_targets(path, X, y, task, f"{path.name}: X {list(X.shape)}")
         data.kind = kind
+        data.loading = [f"array X of {path.name} as float32, shape {list(X.shape[1:])} per sample, as stored"]
+        data.sample = f"an array of shape {list(X.shape[1:])} with X's values as stored"
         return data
-    X, y, classes = datafiles.load_image_folder(path, int(options.get("image_size", 8)),
-                                                options.get("color", "grayscale"))
-    return Dataset(path.name, "image", task or "multiclass", X, y, classes, f"images from {path}")
+    folder = datafiles.read_image_folder(path, options.get("image_size"), options.get("color", "grayscale"))
+    name = f"{folder_name(path)}/"
+    return Dataset(name, "image", task or "multiclass", folder.X, folder.y, folder.classes,
+                   f"{len(folder.X)} {folder.color} images of {folder.size}x{folder.size} pixels in "
+                   f"{len(folder.classes)} class folders of {name}", source="folder", loading=image_loading(folder),
+                   sample=f"a{'n RGB' if folder.color == 'rgb' else ' grayscale'} image of {folder.size}x{folder.size} "
+                          "pixels, values 0-255")
+
+
+def folder_name(path: Path) -> str:
+    """A folder's own name, also for '.' or a path ending in a slash."""
+    return path.name or path.resolve().name or "data"
+
+
+def image_loading(folder) -> list[str]:
+    """The steps that turned a folder's image files (a datafiles.ImageFolder) into X, as sentences a client can
+    follow."""
+    side, channels = folder.size, folder.X.shape[1]
+    sizes = ", ".join(f"{w}x{h}" for w, h in sorted(folder.sizes))
+    color = ("convert to grayscale (PIL mode 'L': L = 0.299 R + 0.587 G + 0.114 B)" if folder.color == "grayscale"
+             else "convert to RGB (PIL mode 'RGB'; an alpha channel is dropped)")
+    resize = (f"resize from {sizes} (width x height) to {side}x{side} pixels with PIL's bilinear filter "
+              "(data.image_size)" if folder.resized
+              else f"no resize: every training image was {side}x{side} pixels, their own size (resize other "
+                   f"images to {side}x{side})")
+    return ["decode the PNG/JPEG file and turn it upright by its EXIF orientation", color, resize,
+            "keep pixel values 0-255 as float32 (no division by 255)",
+            f"channels first: [C, H, W] = [{channels}, {side}, {side}]"]
 
 
 def _table_from_targets(path: Path, X: np.ndarray, y: np.ndarray, task: str | None, description: str) -> Dataset:
@@ -154,12 +232,14 @@ def _table_from_targets(path: Path, X: np.ndarray, y: np.ndarray, task: str | No
     if task == "regression":
         if not numeric:
             raise ValueError(f"{path}: task regression needs numeric targets")
-        return Dataset(path.stem, "table", task, X.astype(np.float32), y.astype(np.float32), None, description)
+        return Dataset(path.name, "table", task, X.astype(np.float32), y.astype(np.float32), None, description,
+                       source="file")
     classes, index = np.unique(y, return_inverse=True)
     labels = [str(int(c)) if numeric and float(c).is_integer() else str(c) for c in classes]
     if task == "binary" and len(labels) != 2:
         raise ValueError(f"{path}: task binary needs exactly 2 classes, found {len(labels)}: {labels[:10]}")
-    return Dataset(path.stem, "table", task, X.astype(np.float32), index.astype(np.int64), labels, description)
+    return Dataset(path.name, "table", task, X.astype(np.float32), index.astype(np.int64), labels, description,
+                   source="file")
 
 
 # -- splits -----------------------------------------------------------------------------------------------

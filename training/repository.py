@@ -65,10 +65,19 @@ def model_card(meta: dict, plots: list[str], examples: list) -> str:
     metrics = training["metrics"]
     headline = training["headline_metric"]
     baseline = training.get("baseline")
+    preprocessing = meta["preprocessing"]
     lines = [f"# {meta['name']} version {meta['version']}", "",
              f"A `{meta['architecture']}` model for **{meta['task']}**, trained on {training['dataset_description']}.",
-             "", f"Preprocessing inside the graph: {'; '.join(meta['preprocessing']['steps']) or 'none'}. "
-             f"Output: {meta['preprocessing']['output']}.", ""]
+             ""]
+    if preprocessing.get("before_graph"):
+        lines += ["## Preprocessing", "", "Before the graph (a client does these to its raw data, in this order):", ""]
+        lines += [f"{i}. {step}" for i, step in enumerate(preprocessing["before_graph"], start=1)]
+        lines += [""]
+    lines += [f"Preprocessing inside the graph: {'; '.join(preprocessing['steps']) or 'none'}. "
+              f"Output: {preprocessing['output']}.", ""]
+    if meta.get("features"):
+        lines += [f"Features, in input order ({len(meta['features'])}): "
+                  + ", ".join(f"`{f}`" for f in meta["features"]) + ".", ""]
     if meta.get("labels"):
         lines += [f"Classes: {', '.join(meta['labels'])}.", ""]
     if meta.get("task_params"):
@@ -76,9 +85,18 @@ def model_card(meta: dict, plots: list[str], examples: list) -> str:
     lines += ["## Inputs and outputs", "", "| kind | name | datatype | shape (-1: any size) |", "|---|---|---|---|"]
     lines += [f"| {kind} | `{t['name']}` | {t['datatype']} | {t['shape']} |"
               for kind, tensors in (("input", meta["inputs"]), ("output", meta["outputs"])) for t in tensors]
+    shapes = preprocessing.get("input_shapes") or {}
+    if shapes:
+        lines += [""] + [f"- `{name}`: {text}" for name, text in shapes.items()]
     lines += ["", "Example request (Open Inference Protocol, JSON):", "", "```sh",
               f"curl -s http://127.0.0.1:8080/v2/models/{meta['name']}/versions/{meta['version']}/infer "
-              f"-d '{_example_request(meta, examples)}'", "```", "", "## Quality on the held-out test split", "",
+              f"-d '{_example_request(meta, examples)}'", "```", ""]
+    if meta.get("features"):
+        row = {f: round(v, 4) for f, v in zip(meta["features"], examples[0][:1].reshape(-1).tolist())}
+        lines += ["Or by feature name, on the convenience endpoint:", "", "```sh",
+                  f"curl -s http://127.0.0.1:8080/v1/models/{meta['name']}:predict "
+                  f"-d '{json.dumps({'instances': [row]})}'", "```", ""]
+    lines += ["## Quality on the held-out test split", "",
               f"Split: {training['split']['method']}, seed {training['seed']}, {training['split']['train']} train / "
               f"{training['split']['val']} validation / {training['split']['test']} test.", "",
               "| metric | torch | exported ONNX |", "|---|---:|---:|"]

@@ -476,6 +476,7 @@ def finish_run(config: RunConfig, prepared: Prepared, out: Path, started: float,
     summary = {
         "name": config.name,
         "dataset": prepared.data.name,
+        "dataset_source": prepared.data.source,
         "dataset_description": prepared.data.description,
         "task": prepared.task,
         "split": prepared.split.describe(),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datafiles import DataFileError, load_csv_series, load_csv_table, load_image_folder, load_npz
+from training.datafiles import (DataFileError, load_csv_series, load_csv_table, load_image_folder, load_npz,
+                                read_image_folder)
 
 
 def write(path: Path, text: str) -> Path:
@@ -390,3 +391,33 @@ def test_truncated_jpeg_is_named(folder):
     bad.write_bytes(good[: len(good) // 2])
     msg = fails(load_image_folder, folder)
     assert str(bad) in msg
+
+
+def test_image_folder_keeps_the_images_own_size(tmp_path):
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        for i in range(2):
+            image(root / cls / f"{i}.png", (12, 12), 40 * i, mode="L")
+    X, y, classes = load_image_folder(root)
+    assert X.shape == (4, 1, 12, 12) and classes == ["a", "b"]
+    folder = read_image_folder(root, color="rgb")
+    assert folder.size == 12 and not folder.resized and folder.sizes == {(12, 12): "a/0.png"}
+    assert read_image_folder(root, image_size=6).resized
+
+
+def test_image_folder_of_mixed_sizes_is_refused_naming_each_size_and_the_fix(folder):
+    msg = fails(load_image_folder, folder)
+    assert str(folder) in msg and "different sizes" in msg
+    for size, example in (("8x8", "cat/y.jpeg"), ("16x16", "cat/x.jpg"), ("20x10", "dog/a.PNG")):
+        assert f"{size} ({example})" in msg
+    assert "--set data.image_size=N" in msg and "\n" not in msg
+
+
+def test_non_square_images_are_refused_unless_resized(tmp_path):
+    root = tmp_path / "wide"
+    image(root / "a" / "p.png", (20, 10), 0, mode="L")
+    image(root / "b" / "q.png", (20, 10), 255, mode="L")
+    msg = fails(load_image_folder, root)
+    assert str(root) in msg and "20x10" in msg and "square" in msg and "--set data.image_size=N" in msg
+    X, _, _ = load_image_folder(root, image_size=10)
+    assert X.shape == (2, 1, 10, 10)
