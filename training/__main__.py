@@ -11,10 +11,18 @@ from pathlib import Path
 from service import artifact
 
 DEFAULT_MODELS = Path("models")
+EXIT_CODES = """exit codes:
+  0  done
+  1  zoo: a model missed its quality bar; check: the repository has problems
+  2  a configuration or input error (one line says which value and what was expected)
+  3  export, retrain: refused by a gate (int8 quantization, the metric, a changed signature); nothing was published
+  4  retrain: the service is unreachable or refused the token, found before training; tune: a worker process died
+  5  retrain: the new version is published, but the service's load call failed"""
 
 
 def _fit(args: argparse.Namespace) -> int:
     from training.config import RunConfig, apply_overrides, load_config
+    from training.data import dataset_label
     from training.distributed import from_environment
     from training.trainer import fit
 
@@ -25,11 +33,14 @@ def _fit(args: argparse.Namespace) -> int:
         overrides.append(f"train.epochs={args.epochs}")
     config = apply_overrides(config, overrides + list(args.set))
     if not config.name:
-        config.name = f"{config.dataset}-{config.arch}"
+        config.name = f"{dataset_label(config.dataset)}-{config.arch}"
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR: the run folder to continue")
     out = args.out or Path("runs") / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     distributed = from_environment()  # None unless started by torchrun
+    if args.resume and not (Path(out) / "last.pt").exists() and (distributed is None or distributed.main):
+        print(f"python -m training fit: --resume: {out} holds no checkpoint (last.pt) to continue; starting a new "
+              "run there", file=sys.stderr)
     if distributed and not args.out:  # every rank must name the same folder; rank 0's clock decides
         out = distributed.broadcast(out)
     try:
@@ -73,7 +84,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_run, publish, quantize
+    from training.export import SignatureChanged, export_run, publish, quantize
 
     if not artifact.is_valid_name(args.name):
         raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
@@ -89,7 +100,11 @@ def _export(args: argparse.Namespace) -> int:
               f"{-report['metric_drop_points']:+.2f} points, {timing['speedup']:.2f}x faster at batch "
               f"{report['gate_batch']} (measured side by side)")
         exported = quantized
-    version, path = publish(exported, resolved, summary, args.name, args.models, args.run_dir)
+    try:
+        version, path = publish(exported, resolved, summary, args.name, args.models, args.run_dir, force=args.force)
+    except SignatureChanged as exc:
+        print(f"python -m training export: {exc}", file=sys.stderr)
+        return 3
     parity, metric = exported.parity, summary["headline_metric"]
     print(f"published {args.name} version {version} at {path}")
     print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
@@ -113,15 +128,18 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from training.retrain import PromotionRefused, retrain
+    from training.retrain import LoadFailed, PromotionRefused, retrain
 
     token = args.token or os.environ.get("NNSERVE_REPOSITORY_TOKEN")
     try:
         retrain(args.name, args.models, args.service, args.force, token, args.out, quiet=args.quiet)
-    except PromotionRefused as exc:
+    except PromotionRefused as exc:  # the metric or the signature gate: nothing was published
         print(exc, file=sys.stderr)
         return 3
-    except RuntimeError as exc:  # the service refused or did not answer
+    except LoadFailed as exc:  # published; only the load call on the service failed
+        print(f"python -m training retrain: {exc}", file=sys.stderr)
+        return 5
+    except RuntimeError as exc:  # the service refused or did not answer, checked before training
         print(f"python -m training retrain: {exc}", file=sys.stderr)
         return 4
     return 0
@@ -129,11 +147,12 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from training.config import apply_overrides, load_config
+    from training.data import dataset_label
     from training.tune import tune
 
     config = apply_overrides(load_config(args.config), list(args.set))
     if not config.name:
-        config.name = f"{config.dataset}-{config.arch}"
+        config.name = f"{dataset_label(config.dataset)}-{config.arch}"
     out = args.out or Path("runs") / "tune" / f"{config.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
         tune(config, Path(out), args.trials, storage=args.storage, jobs=args.jobs, metric=args.metric,
@@ -147,13 +166,15 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model and write a run folder")
     fit.add_argument("config", nargs="?", help="TOML config file, or a zoo name such as digits-mlp")
     fit.add_argument("--arch", help="architecture (e.g. mlp)")
-    fit.add_argument("--dataset", help="bundled dataset (e.g. digits)")
+    fit.add_argument("--dataset", help="a bundled dataset (e.g. digits; `list` shows them) or your data: a .csv, a .npz, "
+                     "or a folder with one sub-folder of images per class")
     fit.add_argument("--epochs", type=int, help="number of epochs")
     fit.add_argument("--seed", type=int, help="random seed for the split, the weights and the batches")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -175,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository (default models)")
     retrain.add_argument("--service", help="URL of a running service to load the new version, e.g. http://127.0.0.1:8080")
     retrain.add_argument("--token", help="the service's repository token (default: $NNSERVE_REPOSITORY_TOKEN)")
-    retrain.add_argument("--force", action="store_true", help="publish even if worse than the published version")
+    retrain.add_argument("--force", action="store_true", help="publish even if worse than the published version, or "
+                         "if its inputs or outputs differ from the published version's")
     retrain.add_argument("--out", type=Path, help="run folder (default runs/retrain/<name>-<timestamp>)")
     retrain.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     retrain.set_defaults(func=_retrain)
@@ -191,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path, help="run folder written by fit")
     export.add_argument("--name", required=True, help="model name in the repository, e.g. digits-mlp")
     export.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository (default models)")
+    export.add_argument("--force", action="store_true",
+                        help="publish even if the inputs or outputs differ from the latest published version's")
     export.add_argument("--quantize", choices=["dynamic"], help="publish an int8 (dynamic) model instead, if it loses "
                         "<= 0.5 points and is faster at batch 64 measured side by side (MatMul/Gemm-only graphs)")
     export.set_defaults(func=_export)

@@ -30,6 +30,18 @@ METRIC_TOLERANCE = 0.001  # exported metric = torch's within 0.1 points (relativ
 DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
+class SignatureChanged(ValueError):
+    """Publishing was refused: the new version's inputs or outputs differ from the latest published version's, which
+    clients of the model are written against; `changes` lists each difference. Nothing was published. A ValueError,
+    so that a command that does not catch it still ends with its one-line message."""
+
+    def __init__(self, name: str, version: int, latest: int, changes: list[str]):
+        self.changes = changes
+        super().__init__(f"{name}: not published: version {version} would change the signature of version {latest}, "
+                         f"which clients of '{name}' rely on: {'; '.join(changes)} (publish it under another name, "
+                         "or use --force to publish anyway)")
+
+
 class ExportError(Exception):
     """Verification failed; `problems` lists every failed check, and nothing was published."""
 
@@ -51,6 +63,40 @@ class ExportPlan:
     atol: float
     clear_rnn_cache: bool = False
     task_params: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)  # name, source, description of the data it was trained on
+    features: list[str] | None = None  # a table's input columns, in order
+    before_graph: list[str] = field(default_factory=list)  # what a client does to raw data, as sentences
+    input_shapes: dict[str, str] = field(default_factory=dict)  # input name -> what one sample of it holds
+
+
+def _data_record(prepared: Prepared, in_shape: list[int]) -> dict:
+    """What the plan records about the data: its name, features, the steps before the graph, what an input holds."""
+    data, form = prepared.data, prepared.form
+    record = {"dataset": {"name": data.name, "source": data.source, "description": data.description},
+              "before_graph": list(data.loading)}
+    sample = data.sample or "one sample"
+    if data.kind == "series":
+        record["input_shapes"] = {"input": f"past {sample}, oldest first (trained on windows of {prepared.window}; "
+                                           f"forecasts the next {prepared.horizon})"}
+        record["before_graph"].append(f"take the last values of the series, oldest first, as one row [T] (the model "
+                                      f"was trained with T = {prepared.window})")
+        return record
+    if data.kind == "image" and form == "table":
+        size = int(np.prod(data.X.shape[1:]))
+        record["before_graph"].append(f"flatten each image [C, H, W] row by row into {size} values")
+        sample += f", flattened row by row into {size} values"
+    elif data.kind == "image" and form == "sequence":
+        c, h, w = data.X.shape[1:]
+        record["before_graph"].append(f"each image's {h} rows become {h} steps of C*W = {c * w} values: "
+                                      f"[C, H, W] -> [H, C*W]")
+        sample += f", its {h} rows as {h} steps of {c * w} values"
+    elif data.kind == "image":
+        sample += ", channels first [C, H, W]"
+    if data.features is not None and form == "table" and data.kind == "table" and in_shape[1:] == [len(data.features)]:
+        record["features"] = list(data.features)
+        sample += ", in the order of `features`"
+    record["input_shapes"] = {"input": sample}
+    return record
 
 
 def _resize(X: np.ndarray, batch: int, steps: int | None = None) -> np.ndarray:
@@ -76,12 +122,16 @@ def plan_export(resolved: dict, summary: dict, model: torch.nn.Module, prepared:
                     (np.arange(batch) % hyper["num_classes"]).astype(np.int64))
 
         image = [-1, hyper["channels"], hyper["image_size"], hyper["image_size"]]
+        data = prepared.data
         return ExportPlan(model, [{"name": "latent", "datatype": "FP32", "shape": [-1, hyper["latent_dim"]]},
                                   {"name": "label", "datatype": "INT64", "shape": [-1]}],
                           [{"name": names[0], "datatype": "FP32", "shape": image}],
                           gan_inputs(EXAMPLE_BATCH), [gan_inputs(b) for b in PARITY_BATCHES], True, spec.atol,
                           task_params={"latent_dim": hyper["latent_dim"], "output_range": [0.0, 1.0],
-                                       "classes_input": "label"})
+                                       "classes_input": "label", "noise_input": "latent"},
+                          dataset={"name": data.name, "source": data.source, "description": data.description},
+                          input_shapes={"latent": f"a standard-normal latent vector of {hyper['latent_dim']} values",
+                                        "label": f"the class index, 0 to {hyper['num_classes'] - 1} (see `labels`)"})
     sample = list(X_test.shape[1:])
     in_shape = [-1, *sample]
     parity = [(_resize(X_test, b),) for b in PARITY_BATCHES]
@@ -112,7 +162,8 @@ def plan_export(resolved: dict, summary: dict, model: torch.nn.Module, prepared:
                       [{"name": "input", "datatype": "FP32", "shape": in_shape}],
                       [{"name": n, "datatype": "FP32", "shape": s} for n, s in zip(names, outputs)],
                       (_resize(X_test, EXAMPLE_BATCH),), parity, spec.dynamo, spec.atol,
-                      clear_rnn_cache=arch in ("lstm", "gru"), task_params=params)
+                      clear_rnn_cache=arch in ("lstm", "gru"), task_params=params,
+                      **_data_record(prepared, in_shape))
 
 
 def export_graph(plan: ExportPlan):
@@ -137,7 +188,7 @@ def export_graph(plan: ExportPlan):
             program = torch.onnx.export(plan.module, example, dynamo=True, external_data=False, opset_version=OPSET,
                                         input_names=input_names, output_names=output_names, verbose=False,
                                         dynamic_shapes=tuple({i: dims[n] for i, n in d.items()} for d in dynamic))
-            return program.model_proto
+            return without_stack_traces(program.model_proto)
         import io
 
         buffer = io.BytesIO()  # export-notes trap 3: the Elman RNN keeps a dynamic sequence only this way
@@ -146,6 +197,31 @@ def export_graph(plan: ExportPlan):
         torch.onnx.export(plan.module, example, buffer, dynamo=False, opset_version=OPSET, input_names=input_names,
                           output_names=output_names, dynamic_axes=axes)
         return onnx.load_from_string(buffer.getvalue())
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # the exporter's per-node Python stack: absolute source paths
+
+
+def without_stack_traces(model):
+    """The model with the exporter's per-node stack traces removed: they name the author's source files by their
+    absolute paths, which a published file must not hold. The module names and scopes beside them stay."""
+
+    def strip(graph) -> None:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    strip(attribute.g)
+                for sub in attribute.graphs:
+                    strip(sub)
+
+    strip(model.graph)
+    for function in model.functions:
+        strip(function)
+    return model
 
 
 def _graph_dims(value_info) -> list[int | str]:
@@ -314,12 +390,14 @@ def quantize(exported: Exported, resolved: dict, run_dir: Path) -> tuple[Exporte
     return Exported(onnx.load_from_string(data), plan, parity, metrics), [], decision.report
 
 
-PREPROCESSING = {
+PREPROCESSING = {  # inside the graph: a client sends values without these
     "table": "standardize each feature with the training split's mean and std",
     "image": "standardize each channel with the training split's mean and std",
     "sequence": "standardize each token feature with the training split's mean and std",
     "series": "scale the window relative to its last value: (x - x[-1]) / std of the training steps",
 }
+IN_GRAPH_NOTE = ("nothing more: the graph itself does the {what} (send values that are not {done}); "
+                 "see preprocessing.steps")
 OUTPUTS = {
     "multiclass": "softmax over the classes",
     "binary": "sigmoid: the probability of the positive class",
@@ -331,33 +409,46 @@ OUTPUTS = {
 
 
 def build_metadata(exported: Exported, resolved: dict, summary: dict, name: str, version: int) -> dict:
-    """The artifact metadata of one version (the `files` section is added when the bytes exist)."""
+    """The artifact metadata of one version (the `files` section is added when the bytes exist).
+
+    The data is named as the plan records it (the file's or folder's own name, never a local path); `features`
+    names a table's inputs in order; `preprocessing.before_graph` lists what a client does to raw data and
+    `preprocessing.steps` what the graph itself does, so a client can reproduce the whole chain."""
     import onnx
     import onnxruntime
 
     task = resolved["resolved_task"]
     form = "series" if resolved["series"] else resolved["form"]
     metrics = {**summary["metrics"], **{f"onnx_test_{k}": v for k, v in exported.onnx_metrics.items()}}
+    plan = exported.plan
+    dataset = plan.dataset or {"name": summary["dataset"], "source": summary.get("dataset_source", "bundled"),
+                               "description": summary["dataset_description"]}
     return {
         "schema_version": artifact.SCHEMA_VERSION,
         "name": name,
         "version": version,
         "architecture": resolved["arch"],
         "task": task,
-        "inputs": exported.plan.inputs,
-        "outputs": exported.plan.outputs,
+        "inputs": plan.inputs,
+        "outputs": plan.outputs,
         **({"labels": resolved["labels"]} if resolved["labels"] else {}),
-        "task_params": exported.plan.task_params,
+        **({"features": plan.features} if plan.features else {}),
+        "task_params": plan.task_params,
         "preprocessing": {
             "in_graph": True,
             "input": "raw values in the dataset's own units" if task != "generation"
                      else "a standard-normal latent vector and a class index",
+            "before_graph": plan.before_graph + ([IN_GRAPH_NOTE.format(
+                what="scaling" if form == "series" else "standardization",
+                done="scaled" if form == "series" else "standardized")] if plan.before_graph else []),
             "steps": [] if task == "generation" else [PREPROCESSING[form]],
+            "input_shapes": plan.input_shapes,
             "output": OUTPUTS[task],
         },
         "training": {
-            "dataset": summary["dataset"],
-            "dataset_description": summary["dataset_description"],
+            "dataset": dataset["name"],
+            "dataset_source": dataset["source"],
+            "dataset_description": dataset["description"],
             "split": summary["split"],
             "seed": summary["seed"],
             "headline_metric": summary["headline_metric"],
@@ -374,7 +465,7 @@ def build_metadata(exported: Exported, resolved: dict, summary: dict, name: str,
         },
         "export": {
             "opset": OPSET,
-            "exporter": "torch.onnx dynamo" if exported.plan.dynamo else "torch.onnx torchscript",
+            "exporter": "torch.onnx dynamo" if plan.dynamo else "torch.onnx torchscript",
             "library_versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                                  "onnxruntime": onnxruntime.__version__},
             "parity": exported.parity,
@@ -382,12 +473,61 @@ def build_metadata(exported: Exported, resolved: dict, summary: dict, name: str,
     }
 
 
+def _signature(meta: dict) -> dict:
+    """What a client of a model is written against: each input's and output's datatype and dims (config.pbtxt's
+    dims: the shape without the batch dim), and a table's feature order."""
+    return {"inputs": {t["name"]: (t["datatype"], list(t["shape"][1:])) for t in meta["inputs"]},
+            "outputs": {t["name"]: (t["datatype"], list(t["shape"][1:])) for t in meta["outputs"]},
+            "features": meta.get("features")}
+
+
+def published_signature(version_dir: Path) -> dict | None:
+    """The signature of a published version: from its metadata.json, or, for a model from elsewhere, as the service
+    loads it (config.pbtxt auto-completed from the graph); None when the version cannot be served at all."""
+    try:
+        return _signature(artifact.read_metadata(version_dir))
+    except artifact.MetadataError:
+        pass
+    from service.runtime import LoadError, load_model
+
+    try:
+        model = load_model(version_dir, device="cpu")
+    except LoadError:
+        return None
+    return _signature({"inputs": model.input_specs, "outputs": model.output_specs})
+
+
+def signature_changes(old: dict, new: dict) -> list[str]:
+    """Each difference between two signatures, e.g. "input 'input': dims [1, 8, 8] -> [1, 32, 32]"."""
+    changes = []
+    for kind in ("input", "output"):
+        before, after = old[f"{kind}s"], new[f"{kind}s"]
+        changes += [f"{kind} '{n}' removed" for n in before if n not in after]
+        changes += [f"{kind} '{n}' added ({after[n][0]}, dims {after[n][1]})" for n in after if n not in before]
+        for n in (n for n in before if n in after):
+            (old_type, old_dims), (new_type, new_dims) = before[n], after[n]
+            if old_type != new_type:
+                changes.append(f"{kind} '{n}': datatype {old_type} -> {new_type}")
+            if old_dims != new_dims:
+                changes.append(f"{kind} '{n}': dims {old_dims} -> {new_dims}")
+    if old["features"] is not None and new["features"] is not None and old["features"] != new["features"]:
+        changes.append(f"features: {_names(old['features'])} -> {_names(new['features'])}")
+    return changes
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    return str(names) if len(names) <= limit else f"{names[:limit]} and {len(names) - limit} more"
+
+
 def publish(exported: Exported, resolved: dict, summary: dict, name: str, models_dir: Path,
-            run_dir: Path | None = None) -> tuple[int, Path]:
+            run_dir: Path | None = None, force: bool = False,
+            log: Callable[[str], None] = print) -> tuple[int, Path]:
     """Publish the next version of `name` into `models_dir` (written beside, then renamed into place).
 
     The version holds model.onnx, metadata.json, a model card and the run's plots; the model's folder gets
-    Triton's config.pbtxt for the new version's tensors.
+    Triton's config.pbtxt for the new version's tensors. A version whose signature (input and output names,
+    datatypes and dims, and a table's feature order) differs from the latest published version's raises
+    SignatureChanged and publishes nothing, unless `force`, when the changes are logged and it is published.
     """
     import onnx
 
@@ -395,9 +535,18 @@ def publish(exported: Exported, resolved: dict, summary: dict, name: str, models
 
     plots = sorted((Path(run_dir) / "plots").glob("*.png")) if run_dir else []
     metas: dict[int, dict] = {}
+    model_dir = Path(models_dir) / name
 
     def build(version: int) -> dict[str, bytes]:
         meta = build_metadata(exported, resolved, summary, name, version)
+        earlier = [v for v in artifact.list_versions(model_dir) if v < version]  # under the publish lock
+        old = published_signature(model_dir / str(earlier[-1])) if earlier else None
+        changes = signature_changes(old, _signature(meta)) if old is not None else []
+        if changes and not force:
+            raise SignatureChanged(name, version, earlier[-1], changes)
+        if changes:
+            log(f"{name}: publishing version {version} although its signature differs from version {earlier[-1]} "
+                f"(--force): {'; '.join(changes)}")
         model = exported.model
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})

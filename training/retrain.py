@@ -1,8 +1,9 @@
 """`python -m training retrain NAME`: fit from the model's config, export, verify, gate, publish, and tell a service.
 
 The promotion gate refuses a version whose test metric is worse than the published one's by more than a
-small tolerance, unless forced. With a service URL, it calls the repository extension's load for the model
-and waits until the new version answers.
+small tolerance, or whose inputs and outputs differ from the published one's, unless forced. With a service URL,
+it first checks that the service answers the repository index with the token (before any training), and after
+publishing calls the repository extension's load for the model and waits until the new version answers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ READY_TIMEOUT = 60.0
 
 
 class PromotionRefused(Exception):
-    """The new version is worse than the published one beyond the tolerance."""
+    """The new version is worse than the published one beyond the tolerance, or its signature (inputs, outputs,
+    feature order) differs from the published one's; nothing was published."""
+
+
+class ServiceRefused(RuntimeError):
+    """The service given with --service cannot take a new version (unreachable, no token, the token refused);
+    found before training, so nothing was trained or published."""
+
+
+class LoadFailed(RuntimeError):
+    """The version was published, and only the service's load call (or the wait for it to serve) failed."""
 
 
 def promotion_problem(metric: str, new: float, old: float) -> str | None:
@@ -38,46 +49,88 @@ def promotion_problem(metric: str, new: float, old: float) -> str | None:
     return None
 
 
-def _request(method: str, url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, dict]:
+def _request(method: str, url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, object]:
+    """(status, JSON body) of one call; status 0 when the service cannot be reached (the reason under 'error')."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            data = resp.read()
-            return resp.status, json.loads(data) if data else {}
+            status, data = resp.status, resp.read()
     except urllib.error.HTTPError as err:
-        data = err.read()
-        try:
-            return err.code, json.loads(data)
-        except ValueError:
-            return err.code, {"error": data[:200].decode(errors="replace")}
+        status, data = err.code, err.read()
+    except (urllib.error.URLError, OSError) as exc:  # refused, unknown host, timed out
+        return 0, {"error": str(getattr(exc, "reason", exc))}
+    try:
+        return status, json.loads(data) if data else {}
+    except ValueError:
+        return status, {"error": data[:200].decode(errors="replace")}
+
+
+def _error(body: object) -> str:
+    return str(body.get("error", "")) if isinstance(body, dict) else ""
+
+
+def check_service(service: str, token: str | None) -> str:
+    """The service's base URL once it answers the repository index with `token`; else raise ServiceRefused (or
+    ValueError for a URL that is not http(s))."""
+    base = service.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ValueError(f"--service: expected a URL such as http://127.0.0.1:8080, got {service!r}")
+    nothing = "nothing was trained or published"
+    if not token:
+        raise ServiceRefused(f"--service {base}: no repository token; give --token TOKEN or set "
+                             f"NNSERVE_REPOSITORY_TOKEN to the service's token; {nothing}")
+    status, body = _request("POST", f"{base}/v2/repository/index", token, b"{}")
+    if status == 0:
+        raise ServiceRefused(f"--service {base}: cannot reach the service ({_error(body)}); {nothing}")
+    if status == 401:
+        raise ServiceRefused(f"--service {base}: the service refused the repository token (401); check --token or "
+                             f"NNSERVE_REPOSITORY_TOKEN; {nothing}")
+    if status == 403:
+        raise ServiceRefused(f"--service {base}: the service's repository extension is off (403: {_error(body)}); "
+                             f"{nothing}")
+    if status != 200 or not isinstance(body, list):
+        raise ServiceRefused(f"--service {base}: POST /v2/repository/index answered {status} {_error(body)}, not "
+                             f"the model index of an nnserve service; {nothing}")
+    return base
 
 
 def load_on_service(service: str, name: str, version: int, token: str | None,
                     log: Callable[[str], None] = print) -> None:
-    """Ask a running service to load `name` and wait until `version` is what it serves by default."""
+    """Ask a running service to load `name` and wait until `version` is what it serves by default; raise
+    LoadFailed, saying that the version is published, when it does not."""
     base = service.rstrip("/")
+    published = f"{name} version {version} is published, only the load call failed"
     status, body = _request("POST", f"{base}/v2/repository/models/{name}/load", token, b"{}")
     if status != 200:
-        raise RuntimeError(f"{base} refused to load {name}: {status} {body.get('error', '')}")
+        answer = f"cannot reach {base} ({_error(body)})" if status == 0 else \
+            f"{base} answered {status} {_error(body)}"
+        raise LoadFailed(f"{published}: {answer}; load it later with POST {base}/v2/repository/models/{name}/load")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         ready, _ = _request("GET", f"{base}/v2/models/{name}/versions/{version}/ready")
         status, meta = _request("GET", f"{base}/v2/models/{name}")
-        if ready == 200 and status == 200 and meta.get("parameters", {}).get("version") == str(version):
+        if ready == 200 and status == 200 and isinstance(meta, dict) \
+                and meta.get("parameters", {}).get("version") == str(version):
             log(f"{base} serves {name} version {version}")
             return
         time.sleep(0.2)
-    raise RuntimeError(f"{base} did not serve {name} version {version} within {READY_TIMEOUT:.0f} s")
+    raise LoadFailed(f"{published}: {base} did not serve {name} version {version} within {READY_TIMEOUT:.0f} s")
 
 
 def retrain(name: str, models: Path, service: str | None = None, force: bool = False, token: str | None = None,
             out: Path | None = None, log: Callable[[str], None] = print, quiet: bool = True) -> int:
-    """Fit, export, verify, gate and publish the next version of `name`; return the new version."""
+    """Fit, export, verify, gate and publish the next version of `name`; return the new version.
+
+    With `service`, the service and the token are checked first (ServiceRefused, nothing trained); after
+    publishing, a failed load raises LoadFailed. The metric gate and the signature gate raise PromotionRefused
+    unless `force`."""
     from training.config import load_config
-    from training.export import export_run, publish
+    from training.export import SignatureChanged, export_run, publish
     from training.trainer import fit
 
+    if service:
+        service = check_service(service, token)
     config = load_config(name)
     run_dir = out or Path("runs") / "retrain" / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     fit(config, run_dir, log=log if not quiet else (lambda _m: None), quiet=quiet)
@@ -93,7 +146,10 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
             raise PromotionRefused(f"{name}: not published: {problem} (use --force to publish anyway)")
         if problem:
             log(f"{name}: publishing although {problem} (--force)")
-    version, path = publish(exported, resolved, summary, name, Path(models), run_dir)
+    try:
+        version, path = publish(exported, resolved, summary, name, Path(models), run_dir, force=force, log=log)
+    except SignatureChanged as exc:
+        raise PromotionRefused(str(exc)) from None
     log(f"published {name} version {version} at {path}")
     rows = [("metric", f"version {versions[-1]}" if versions else "-", f"version {version} (new)")]
     for key in sorted(k for k in summary["metrics"] if k.startswith("test_")):

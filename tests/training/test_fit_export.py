@@ -220,3 +220,16 @@ def test_quantize_refuses_convolutions(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 3 and "Conv" in proc.stderr
     assert artifact.list_versions(tmp_path / "repo" / "c") == []
+
+
+def test_metadata_records_the_preprocessing_before_and_inside_the_graph(exported_repo):
+    meta = artifact.read_metadata(exported_repo / "digits-mlp" / "2")
+    preprocessing = meta["preprocessing"]
+    assert preprocessing["before_graph"][0].startswith("scikit-learn's load_digits() images")
+    assert preprocessing["before_graph"][1] == "flatten each image [C, H, W] row by row into 64 values"
+    assert "the graph itself does the standardization" in preprocessing["before_graph"][-1]
+    assert preprocessing["steps"] == ["standardize each feature with the training split's mean and std"]
+    assert preprocessing["input_shapes"] == {
+        "input": "a grayscale image of 8x8 pixels, values 0-16, flattened row by row into 64 values"}
+    assert "features" not in meta  # images have no feature names
+    assert (meta["training"]["dataset"], meta["training"]["dataset_source"]) == ("digits", "bundled")

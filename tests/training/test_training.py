@@ -248,6 +248,37 @@ def test_a_bad_set_value_gets_one_line_naming_the_key_the_value_and_the_type(set
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_of_a_file_anywhere_goes_under_runs_with_a_clean_name(tmp_path, monkeypatch, capsys):
+    import re
+
+    from sklearn.datasets import load_wine
+
+    from training.__main__ import main
+
+    data = tmp_path / "elsewhere" / "my data"
+    data.mkdir(parents=True)
+    load_wine(as_frame=True).frame.to_csv(data / "wine.csv", index=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["fit", "--arch", "mlp", "--dataset", str(data / "wine.csv"), "--set", "data.target='target'",
+                 "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"runs/wine-csv-mlp-\d{8}-\d{6}", out), out
+    assert (work / out / "summary.json").exists() and not list(data.parent.glob("*mlp*"))
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_a_new_run(tmp_path, capsys):
+    from training.__main__ import main
+
+    out = tmp_path / "r"
+    assert main(["fit", "digits-mlp", "--epochs", "1", "--quiet", "--out", str(out), "--resume"]) == 0
+    assert f"--resume: {out} holds no checkpoint (last.pt) to continue; starting a new run" in capsys.readouterr().err
+    assert (out / "last.pt").exists()
+    assert main(["fit", "digits-mlp", "--epochs", "1", "--quiet", "--out", str(out), "--resume"]) == 0
+    assert "no checkpoint" not in capsys.readouterr().err
+
+
 def test_every_zoo_config_is_valid():
     for name in ZOO:
         config = load_config(CONFIG_DIR / f"{name}.toml")
