@@ -12,7 +12,7 @@ import numpy as np
 from service import __version__
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
-from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, contains_bool,
+from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, clip, contains_bool,
                               ACCEPTED_JSON_KINDS, dumps, dumps_nonfinite, element_types)
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
@@ -168,8 +168,10 @@ class DataPlane:
 def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
     """Turn {"instances": [...]} into a checked-form V2 request: one instance per sample.
 
-    An instance is the sample itself (nested lists) for a single-input model, or an object by input name. For the
-    GAN, {"label": 3} alone is enough: the latent vector is drawn from a standard normal (optional "seed").
+    An instance is the sample itself (nested lists) for a single-input model, or an object by input name. A
+    single-input model whose metadata names its features also takes an object by feature name, every feature given
+    ({"alcohol": 13.2, ...}). An input the metadata names as `task_params.noise_input` (the GAN's latent vector) may
+    be left out: it is drawn from a standard normal (optional "seed"), so {"label": 3} is enough.
     """
     try:
         doc = json.loads(body)
@@ -184,15 +186,19 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
         raise BadRequest(f"seed: expected a non-negative integer, got {brief(seed)}")
     rng = np.random.default_rng(seed)
+    features = model.features if len(specs) == 1 else None
+    noise = ((model.metadata or {}).get("task_params") or {}).get("noise_input")  # drawn when an instance omits it
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
             if len(specs) != 1:
                 raise BadRequest(f"instances[{i}]: expected an object with {[t['name'] for t in specs]}")
             instance = {specs[0]["name"]: instance}
+        elif features and set(instance) != {specs[0]["name"]}:
+            instance = {specs[0]["name"]: _by_feature_name(instance, features, f"instances[{i}]")}
         for spec in specs:
             if spec["name"] not in instance:
-                if spec["name"] == "latent" and model.metadata.get("task") == "generation":
-                    instance = {**instance, "latent": rng.standard_normal(spec["shape"][1]).tolist()}
+                if spec["name"] == noise:
+                    instance = {**instance, noise: rng.standard_normal(spec["shape"][1:]).tolist()}
                 else:
                     raise BadRequest(f"instances[{i}]: missing '{spec['name']}' ({spec['datatype']} "
                                      f"{spec['shape'][1:]})")
@@ -218,6 +224,23 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             value = array.astype(NUMPY_DTYPES[spec["datatype"]])
         inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), value))
     return InferRequest(inputs, None, problems=problems)
+
+
+def _by_feature_name(instance: dict, features: list[str], where: str) -> list:
+    """One sample as the model's feature vector, from an object with a number for every feature name."""
+    unknown = [name for name in instance if name not in features]
+    missing = [name for name in features if name not in instance]
+    if unknown or missing:
+        said = ([f"unknown feature(s) {[clip(n) for n in unknown[:10]]}"] if unknown else []) + \
+               ([f"missing feature(s) {missing[:10]}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")]
+                if missing else [])
+        listed = f"{features}" if len(features) <= 50 else f"{features[:50]} and {len(features) - 50} more"
+        raise BadRequest(f"{where}: {' and '.join(said)}; the model's features are {listed}")
+    row = [instance[name] for name in features]
+    for name, value in zip(features, row):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise BadRequest(f"{where}.{name}: expected a number, got {brief(value)}")
+    return row
 
 
 def describe_predictions(model: LoadedModel, values: dict) -> list:
