@@ -89,3 +89,37 @@ def test_shipped_model_loads_matches_its_config_and_reaches_its_bar(name, versio
                "baseline": meta["training"]["baseline"]}
     assert target_met(name, summary), f"{name}: {headline} {metrics[headline]:.4f} misses the zoo's bar"
     assert np.isfinite(list(metrics.values())).all()
+
+
+def _pages_with(marker: str) -> list[Path]:
+    from tests.conftest import ROOT
+
+    return [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] if marker in p.read_text()]
+
+
+def test_the_documented_zoo_table_is_what_the_shipped_models_measured():
+    """The zoo table in the docs is `python -m training zoo`'s own table, built from the shipped models' metadata."""
+    from training.zoo import markdown_table, table_rows
+
+    summaries = {}
+    for name in ZOO:
+        meta = artifact.read_metadata(SHIPPED_MODELS / name / "1")
+        training = meta["training"]
+        summaries[name] = {"task": meta["task"], "headline_metric": training["headline_metric"],
+                           "metrics": training["metrics"], "baseline": training["baseline"],
+                           "train_seconds": training["train_seconds"]}
+    pages = _pages_with("<!-- generated: zoo -->")
+    assert len(pages) == 1, f"one page holds the zoo table, found {pages}"
+    text = pages[0].read_text()
+    documented = text.split("<!-- generated: zoo -->\n", 1)[1].split("<!-- end -->", 1)[0]
+    assert documented == markdown_table(table_rows(summaries))
+
+
+def test_no_shipped_file_names_a_local_path():
+    """The exporter's per-node stack traces (absolute source paths) are removed; no file holds the author's paths."""
+    from tests.conftest import ROOT
+
+    local = [str(ROOT).encode(), b"pkg.torch.onnx.stack_trace", b"/home/", b"/tmp/", b"/root/", b"site-packages"]
+    found = [(str(p.relative_to(SHIPPED_MODELS)), m.decode()) for p in SHIPPED_MODELS.rglob("*") if p.is_file()
+             for m in local if m in p.read_bytes()]
+    assert found == []

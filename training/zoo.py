@@ -28,21 +28,32 @@ def target_met(name: str, summary: dict) -> bool:
 
 
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    """One row per model, in HEADER's columns: what `zoo` prints and writes to zoo.md (the README's table)."""
     rows = []
     for name, summary in results.items():
+        config = load_config(CONFIG_DIR / f"{name}.toml")
+        what = f"{config.arch}, {summary['task']}"
+        if summary["task"] == "forecasting":
+            what += f", horizon {config.data.get('horizon', 1)}"
         metric = summary["headline_metric"]
+        extra = [f"{k} {summary['metrics'][f'test_{k}']:.4f}" for k in TARGETS.get(name, {}) if k != metric]
         baseline = summary.get("baseline")
-        rows.append([name, metric, f"{summary['metrics'][f'test_{metric}']:.4f}",
-                     baseline["name"] if baseline else "-", f"{baseline['value']:.4f}" if baseline else "-",
+        others = [f"{k} {v:.4g}" for k, v in (baseline or {}).get("all", {}).items()  # the naive forecasts
+                  if k != baseline["name"] and summary["task"] == "forecasting"]
+        rows.append([name, what, metric + (f" ({', '.join(extra)})" if extra else ""),
+                     f"{summary['metrics'][f'test_{metric}']:.4f}",
+                     (baseline["name"] + (f" ({', '.join(others)})" if others else "")) if baseline else "-",
+                     f"{baseline['value']:.4f}" if baseline else "-",
                      "yes" if target_met(name, summary) else "NO", f"{summary['train_seconds']:.0f}"])
     return rows
 
 
-HEADER = ["model", "metric", "value", "baseline", "baseline value", "target met", "train s"]
+HEADER = ["model", "architecture, task", "metric", "value", "best baseline", "baseline value", "target met", "train s"]
+NUMERIC = {"value", "baseline value", "train s"}
 
 
 def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|"]
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if h in NUMERIC else "---" for h in HEADER) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
