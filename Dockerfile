@@ -8,7 +8,6 @@
 # The README's Deploy section has the rest (an outside repository, compose, Kubernetes, KServe, GPU).
 
 ARG PYTHON_IMAGE=python:3.11-slim
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------- the serving dependencies, in a venv
 FROM ${PYTHON_IMAGE} AS deps
@@ -48,16 +47,19 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 CMD ["python", "-m", "service"]
 
 # ---------------------------------------------------------------- runtime-gpu: lint here, build where there is a GPU
-FROM ${CUDA_IMAGE} AS runtime-gpu
+# The CUDA and cuDNN libraries come from pip (onnxruntime-gpu's cuda and cudnn extras: the versions its build needs),
+# loaded by onnxruntime.preload_dlls(); the host's NVIDIA container toolkit supplies the driver.
+FROM ${PYTHON_IMAGE} AS runtime-gpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv nginx \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY requirements/serve.lock /tmp/serve.lock
-RUN python3 -m venv /opt/venv \
+RUN python -m venv /opt/venv \
     && grep -v '^onnxruntime==' /tmp/serve.lock > /tmp/serve-gpu.lock \
-    && /opt/venv/bin/pip install --no-compile -r /tmp/serve-gpu.lock "onnxruntime-gpu==1.31.1" \
+    && ORT_VERSION="$(sed -n 's/^onnxruntime==//p' /tmp/serve.lock)" \
+    && /opt/venv/bin/pip install --no-compile -r /tmp/serve-gpu.lock "onnxruntime-gpu[cuda,cudnn]==${ORT_VERSION}" \
     && groupadd --gid 10001 nnserve \
     && useradd --uid 10001 --gid 10001 --home-dir /home/nnserve --create-home --shell /usr/sbin/nologin nnserve
 ENV PATH=/opt/venv/bin:$PATH \
@@ -68,7 +70,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     NNSERVE_PORT=8080 \
     NNSERVE_GRPC_PORT=8081 \
     NNSERVE_MODELS=/models \
-    NNSERVE_DEVICE=cuda
+    NNSERVE_DEVICE=cuda \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /app
 COPY service/ /app/service/
 COPY --chown=10001:10001 models/ /models/

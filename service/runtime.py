@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -39,10 +40,25 @@ def select_providers(device: str) -> list[str]:
     if device == "cpu":
         return [PROVIDERS["cpu"]]
     if device == "cuda" or PROVIDERS["cuda"] in ort.get_available_providers():
+        _preload_cuda_libraries()
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
     if device == "auto":
         log.debug("device auto: this ONNX Runtime build has no CUDA provider, using the CPU")
     return [PROVIDERS["cpu"]]
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed (onnxruntime-gpu's `cuda` and `cudnn` extras, the
+    `nvidia-*` wheels) before the first CUDA session: the dynamic loader does not look in site-packages, and without
+    them ONNX Runtime falls back to the CPU. Libraries on the loader's path (a CUDA base image) need nothing."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu only
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a library missing here is reported by the session's providers, with the device check
+        log.warning("onnxruntime.preload_dlls(): %s", exc)
 
 
 def _shape_matches(expected: list[int], got: list[int]) -> bool:
@@ -87,6 +103,10 @@ class LoadedModel:
         self.version_str = str(self.version)
         params = self.metadata.get("task_params", {})
         self.labels = self.metadata.get("labels")
+        self.features = self.metadata.get("features")  # a table's input columns, in order (nnserve's own models)
+        # Why each input has its shape, from nnserve's metadata: added to a wrong-shape error.
+        preprocessing = self.metadata.get("preprocessing")
+        self.shape_reasons = (preprocessing.get("input_shapes") or {}) if isinstance(preprocessing, dict) else {}
         self.classes_input = params.get("classes_input")  # the GAN's class input: checked against the labels
         self.num_classes = len(self.labels or [])
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
@@ -107,7 +127,8 @@ class LoadedModel:
         }
 
     def nnserve_parameters(self) -> dict[str, str]:
-        """What nnserve adds to Triton's description: the provider, and its own artifacts' task and labels."""
+        """What nnserve adds to Triton's description: the provider, and its own artifacts' task, labels and feature
+        names (lists as JSON text: V2 parameters are scalars)."""
         meta = self.metadata
         params = {"version": self.version_str, "provider": self.provider}
         for key in ("task", "architecture"):
@@ -115,6 +136,8 @@ class LoadedModel:
                 params[key] = meta[key]
         if self.labels:
             params["labels"] = json.dumps(self.labels)
+        if self.features:
+            params["features"] = json.dumps(self.features)
         return params
 
     def check_request(self, request: InferRequest, max_batch_size: int) -> dict[str, np.ndarray]:
@@ -135,7 +158,9 @@ class LoadedModel:
             model_shape = self.model_shapes.get(tensor.name)
             if not (_shape_matches(spec["shape"], tensor.shape)
                     or model_shape is not None and _shape_matches(model_shape, tensor.shape)):
-                problems.append(f"input '{tensor.name}': expected shape {spec['shape']}, got {tensor.shape}")
+                reason = self.shape_reasons.get(tensor.name)
+                problems.append(f"input '{tensor.name}': expected shape {spec['shape']}, got {tensor.shape}"
+                                + (f" (each sample: {reason})" if reason else ""))
             elif 0 in tensor.shape:
                 problems.append(f"input '{tensor.name}': every dimension must be at least 1, got {tensor.shape}")
             elif self.batching and tensor.shape[0] > max_batch_size:
