@@ -3,7 +3,7 @@
 What a user writes without ONNX: load the trained network, call it per request under `torch.inference_mode()`,
 default torch threading. Weights come from the run folders of
 `python -m training zoo --out runs/zoo --only <names> --quiet` (config.json + best.pt), through
-`training.trainer.load_trained` and `training.tasks.ServedModel`: the same module that is exported to ONNX.
+`training.runs.load_trained` and the task's served head (`training.tasks`): the same module that is exported to ONNX.
 Runs in `.venv-dev` (torch):
 
     TORCH_MODELS=digits-mlp .venv-dev/bin/gunicorn -k gthread -w 2 --threads 4 \
@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from flask import Flask, jsonify, request
 
-from training.tasks import TASK_SPECS, ServedModel
-from training.trainer import load_trained
+from training.runs import load_trained
+from training.tasks import get_task
 
 
 def load_models(runs: Path, names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[str, ...]]]:
     models = {}
     for name in names:
         resolved, _summary, network = load_trained(runs / name)
-        task = resolved["resolved_task"]
-        models[name] = (ServedModel(network, task).eval(), TASK_SPECS[task].outputs)
+        task = get_task(resolved.resolved_task)
+        models[name] = (task.serve(network).eval(), task.outputs)
     return models
 
 

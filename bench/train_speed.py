@@ -3,7 +3,7 @@
 Same zoo configuration, same network (built by the trainer's own builder), same optimizer and hyperparameters,
 data, batch size, gradient clipping and epochs, in the same process. The hand loop makes its optimizer as code
 written by hand does, `torch.optim.Adam(params, lr=..., weight_decay=...)`: torch's default implementation. The
-trainer asks torch for its fused kernel (training.trainer.make_optimizer), which is part of what it offers. A third
+trainer asks torch for its fused kernel (training.optim.make_optimizer), which is part of what it offers. A third
 side, the hand loop with the fused kernel, separates that from the trainer's own per-epoch work (validation,
 the checkpoint, metrics.jsonl); the hand loops only train.
 
@@ -52,23 +52,22 @@ class HandLoop:
     def __init__(self, config, fused: bool):
         import torch
 
-        from training.tasks import loss_fn
-        from training.trainer import build_network, prepare
+        from training.prepare import prepare
+        from training.tasks import get_task
+        from training.trainer import build_network
 
         torch.manual_seed(config.seed)
         prepared = prepare(config)
-        self.task, self.clip, self.batch = prepared.task, config.train.grad_clip, config.train.batch_size
+        self.task, self.clip, self.batch = get_task(prepared.task), config.train.grad_clip, config.train.batch_size
         self.network, _ = build_network(config, prepared)
         self.optimizer = hand_optimizer(config.optimizer, self.network.parameters(), fused)
-        self.loss = loss_fn(prepared.task)
+        self.loss = self.task.loss()
         self.X = torch.from_numpy(prepared.X["train"])
         self.y = None if prepared.y["train"] is None else torch.from_numpy(prepared.y["train"])
 
     def epoch(self) -> float:
         """Train one epoch; return its duration in seconds."""
         import torch
-
-        from training.tasks import training_target
 
         started = time.perf_counter()
         network, optimizer, X, y = self.network, self.optimizer, self.X, self.y
@@ -78,7 +77,7 @@ class HandLoop:
             idx = order[i:i + self.batch]
             xb = X[idx]
             optimizer.zero_grad(set_to_none=True)
-            value = self.loss(network(xb), training_target(self.task, network, xb, None if y is None else y[idx]))
+            value = self.loss(network(xb), self.task.target(network, xb, None if y is None else y[idx]))
             value.backward()
             if self.clip > 0:  # the same work as the trainer where the config clips
                 torch.nn.utils.clip_grad_norm_(network.parameters(), self.clip)
@@ -114,7 +113,7 @@ def lockstep(config) -> dict[str, list[float]]:
 
 def measure(name: str, epochs: int, repeats: int) -> dict:
     from training.config import apply_overrides, load_config
-    from training.trainer import prepare
+    from training.prepare import prepare
     from training.zoo import CONFIG_DIR
 
     config = apply_overrides(load_config(CONFIG_DIR / f"{name}.toml"),

@@ -37,3 +37,65 @@ def test_the_server_master_does_not_load_onnxruntime():
     modules = loaded_modules("import service.__main__, service.server, service.settings, service.control")
     assert "gunicorn" in modules
     assert "onnxruntime" not in modules
+
+
+# -- layers inside training/ ----------------------------------------------------------------------------------
+# The lower modules know nothing of the loop that drives them: the trainer imports them, never the reverse.
+LOWER = ("training.config", "training.config_toml", "training.data", "training.datafiles", "training.imagefiles",
+         "training.prepare", "training.tasks", "training.network", "training.predict", "training.plots",
+         "training.baselines", "training.runs", "training.optim", "training.distributed", "training.gan",
+         "training.architectures")
+UPPER = ("training.trainer", "training.loop", "training.export", "training.publish", "training.tune",
+         "training.zoo", "training.retrain", "training.__main__")
+
+
+def training_imports() -> dict[str, set[str]]:
+    """Module -> the training modules it imports, read with ast from every file under training/, imports inside
+    functions included (a lazy import is still a dependency)."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "training").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from training import gan`
+        graph[module] = {name for name in found if name.startswith("training")}
+    return graph
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_the_lower_training_modules_never_import_the_loop_or_what_drives_it():
+    graph = training_imports()
+    assert "training.loop" in graph["training.trainer"]  # the check sees imports...
+    assert "training.tasks" in graph["training.data"]  # ...those inside functions too
+    lower = [m for m in graph if _within(m, LOWER)]
+    assert len(lower) >= len(LOWER)
+    upward = sorted((m, target) for m in lower for target in graph[m] if _within(target, UPPER))
+    assert upward == [], f"lower modules import the trainer or above: {upward}"
+
+
+def test_training_has_no_import_cycle():
+    graph = training_imports()
+    edges = {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module in done:
+            return
+        for target in sorted(edges[module]):
+            visit(target, path + [module])
+        done.add(module)
+
+    for module in sorted(edges):
+        visit(module, [])

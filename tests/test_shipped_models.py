@@ -12,8 +12,9 @@ from service import artifact
 from service.runtime import load_model
 from tests.conftest import SHIPPED_MODELS
 from training.config import load_config
-from training.export import metric_matches, ort_predictor, predictor_metrics
-from training.trainer import prepare
+from training.export import predictor_metrics
+from training.prepare import prepare
+from training.verify import metric_matches, ort_predictor
 from training.zoo import ZOO, target_met
 
 SHIPPED = [(name, version) for name in artifact.list_models(SHIPPED_MODELS)

@@ -84,7 +84,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import SignatureChanged, export_run, publish, quantize
+    from training.export import export_run, quantize
+    from training.publish import SignatureChanged, publish
 
     if not artifact.is_valid_name(args.name):
         raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
@@ -105,11 +106,11 @@ def _export(args: argparse.Namespace) -> int:
     except SignatureChanged as exc:
         print(f"python -m training export: {exc}", file=sys.stderr)
         return 3
-    parity, metric = exported.parity, summary["headline_metric"]
+    parity, metric = exported.parity, summary.headline_metric
     print(f"published {args.name} version {version} at {path}")
     print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
           f"(atol {parity['atol']:g})")
-    print(f"  test {metric}: torch {summary['metrics'][f'test_{metric}']:.4f}, "
+    print(f"  test {metric}: torch {summary.headline:.4f}, "
           f"onnx {exported.onnx_metrics[metric]:.4f}")
     return 0
 
@@ -165,11 +166,7 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_fit(sub) -> None:
     fit = sub.add_parser("fit", help="train a model and write a run folder")
     fit.add_argument("config", nargs="?", help="TOML config file, or a zoo name such as digits-mlp")
     fit.add_argument("--arch", help="architecture (e.g. mlp)")
@@ -184,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (for logs and CI)")
     fit.set_defaults(func=_fit)
 
+
+def _add_zoo(sub) -> None:
     zoo = sub.add_parser("zoo", help="train every zoo model from its config and print the results table")
     zoo.add_argument("--out", type=Path, default=Path("runs") / "zoo", help="folder for the runs (default runs/zoo)")
     zoo.add_argument("--only", nargs="+", metavar="NAME", help="train only these zoo models")
@@ -191,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     zoo.set_defaults(func=_zoo)
 
+
+def _add_retrain(sub) -> None:
     retrain = sub.add_parser("retrain", help="fit a model from its config, export, verify and publish the next version")
     retrain.add_argument("name", help="zoo model name (its config is training/configs/NAME.toml)")
     retrain.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository (default models)")
@@ -202,13 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     retrain.set_defaults(func=_retrain)
 
+
+def _add_check(sub) -> None:
     check = sub.add_parser("check", help="validate a model repository; exit 1 with a line per problem")
     check.add_argument("models_dir", nargs="?", type=Path, default=DEFAULT_MODELS, help="repository (default models)")
     check.set_defaults(func=_check)
 
+
+def _add_list(sub) -> None:
     lister = sub.add_parser("list", help="show architectures, datasets and zoo models")
     lister.set_defaults(func=_list)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="export a run to ONNX, verify it, publish the next version")
     export.add_argument("run_dir", type=Path, help="run folder written by fit")
     export.add_argument("--name", required=True, help="model name in the repository, e.g. digits-mlp")
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "<= 0.5 points and is faster at batch 64 measured side by side (MatMul/Gemm-only graphs)")
     export.set_defaults(func=_export)
 
+
+def _add_tune(sub) -> None:
     tune = sub.add_parser("tune", help="search the config's [search] space with Optuna, then fit the best config")
     tune.add_argument("config", help="TOML config with a [search] table, or a zoo name such as digits-cnn")
     tune.add_argument("--trials", type=int, required=True,
@@ -245,6 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", type=Path, help="run folder (default runs/tune/<name>-<timestamp>)")
     tune.add_argument("--quiet", action="store_true", help="no line per trial")
     tune.set_defaults(func=_tune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_fit(sub)
+    _add_zoo(sub)
+    _add_retrain(sub)
+    _add_check(sub)
+    _add_list(sub)
+    _add_export(sub)
+    _add_tune(sub)
     return parser
 
 

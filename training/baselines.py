@@ -1,10 +1,14 @@
-"""Classic baselines on the same split as the network: scikit-learn models, and naive forecasts for series."""
+"""Classic baselines on the same split as the network: scikit-learn models, and naive forecasts for series.
+
+Each task (training.tasks) says which of these it is compared with."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+
+from training.predict import noisy_copy
 
 
 def _classifiers(seed: int) -> dict:
@@ -39,59 +43,65 @@ def naive_forecasts(X: np.ndarray, horizon: int, season: int | None) -> dict[str
     return forecasts
 
 
-def all_baselines(prepared, config) -> dict[str, float]:
-    """Every baseline's headline test metric for the run's task (empty when none applies)."""
-    task = prepared.task
+def _fit_rows(prepared) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Flat features per split, and the training and validation rows together (the baselines fit on both)."""
     X, y = prepared.X, prepared.y
     flat = {part: X[part].reshape(len(X[part]), -1) for part in X}
-    results: dict[str, float] = {}
-    if task in ("multiclass", "binary"):
-        fit_X = np.concatenate([flat["train"], flat["val"]])
-        fit_y = np.concatenate([y["train"], y["val"]])
-        for name, model in _classifiers(config.seed).items():
-            results[name] = float((model.fit(fit_X, fit_y).predict(flat["test"]) == y["test"]).mean())
-    elif task == "regression":
-        from sklearn.metrics import r2_score
-
-        fit_X = np.concatenate([flat["train"], flat["val"]])
-        fit_y = np.concatenate([y["train"], y["val"]])
-        for name, model in _regressors(config.seed).items():
-            results[name] = float(r2_score(y["test"], model.fit(fit_X, fit_y).predict(flat["test"])))
-    elif task == "forecasting":
-        for name, pred in naive_forecasts(X["test"], prepared.horizon, prepared.data.season).items():
-            results[name] = float(np.abs(pred - y["test"]).mean())
-    elif task == "anomaly":
-        from sklearn.decomposition import PCA
-        from sklearn.metrics import roc_auc_score
-
-        from training.trainer import noisy_copy
-
-        latent = int(config.model.get("latent_dim", 16))
-        mean, std = prepared.x_mean.reshape(1, -1), prepared.x_std.reshape(1, -1)
-        if flat["train"].shape[1] != mean.shape[1]:  # per-channel image statistics: one value per pixel
-            mean, std = flat["train"].mean(0, keepdims=True), flat["train"].std(0, keepdims=True) + 1e-6
-        pca = PCA(n_components=latent, random_state=config.seed).fit((flat["train"] - mean) / std)
-
-        def score(A):
-            Z = (A - mean) / std
-            return ((pca.inverse_transform(pca.transform(Z)) - Z) ** 2).mean(1)
-
-        noisy = noisy_copy(X["test"], float(config.eval.get("noise", 4.0)), config.seed).reshape(len(X["test"]), -1)
-        scores = np.concatenate([score(flat["test"]), score(noisy)])
-        truth = np.concatenate([np.zeros(len(flat["test"])), np.ones(len(noisy))])
-        results[f"PCA ({latent} components)"] = float(roc_auc_score(truth, scores))
-    return results
+    return flat, np.concatenate([flat["train"], flat["val"]]), np.concatenate([y["train"], y["val"]])
 
 
-def best_baseline(prepared, config) -> dict | None:
-    """The best classic baseline: {"name", "value", "all"}; None where no classic baseline applies."""
-    from training.tasks import TASK_SPECS
+def classifier_baselines(prepared, config) -> dict[str, float]:
+    """Test accuracy of each classic classifier."""
+    flat, fit_X, fit_y = _fit_rows(prepared)
+    return {name: float((model.fit(fit_X, fit_y).predict(flat["test"]) == prepared.y["test"]).mean())
+            for name, model in _classifiers(config.seed).items()}
 
+
+def regressor_baselines(prepared, config) -> dict[str, float]:
+    """Test R^2 of each classic regressor."""
+    from sklearn.metrics import r2_score
+
+    flat, fit_X, fit_y = _fit_rows(prepared)
+    return {name: float(r2_score(prepared.y["test"], model.fit(fit_X, fit_y).predict(flat["test"])))
+            for name, model in _regressors(config.seed).items()}
+
+
+def forecast_baselines(prepared) -> dict[str, float]:
+    """Test MAE of each naive forecast."""
+    forecasts = naive_forecasts(prepared.X["test"], prepared.horizon, prepared.data.season)
+    return {name: float(np.abs(pred - prepared.y["test"]).mean()) for name, pred in forecasts.items()}
+
+
+def anomaly_baselines(prepared, config) -> dict[str, float]:
+    """ROC AUC of PCA reconstruction errors, clean test samples against the same noisy copies as the network's."""
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import roc_auc_score
+
+    X = prepared.X
+    flat = {part: X[part].reshape(len(X[part]), -1) for part in X}
+    latent = int(config.model.get("latent_dim", 16))
+    mean, std = prepared.x_mean.reshape(1, -1), prepared.x_std.reshape(1, -1)
+    if flat["train"].shape[1] != mean.shape[1]:  # per-channel image statistics: one value per pixel
+        mean, std = flat["train"].mean(0, keepdims=True), flat["train"].std(0, keepdims=True) + 1e-6
+    pca = PCA(n_components=latent, random_state=config.seed).fit((flat["train"] - mean) / std)
+
+    def score(A):
+        Z = (A - mean) / std
+        return ((pca.inverse_transform(pca.transform(Z)) - Z) ** 2).mean(1)
+
+    noisy = noisy_copy(X["test"], float(config.eval.get("noise", 4.0)), config.seed).reshape(len(X["test"]), -1)
+    scores = np.concatenate([score(flat["test"]), score(noisy)])
+    truth = np.concatenate([np.zeros(len(flat["test"])), np.ones(len(noisy))])
+    return {f"PCA ({latent} components)": float(roc_auc_score(truth, scores))}
+
+
+def best_baseline(task, prepared, config) -> dict | None:
+    """The best classic baseline of `task` (a training.tasks.Task): {"name", "value", "all"}; None where no classic
+    baseline applies."""
     with warnings.catch_warnings():  # convergence chatter from scikit-learn on small data
         warnings.simplefilter("ignore")
-        results = all_baselines(prepared, config)
+        results = task.baselines(prepared, config)
     if not results:
         return None
-    higher = TASK_SPECS[prepared.task].higher_is_better
-    name = (max if higher else min)(results, key=results.get)
+    name = (max if task.higher_is_better else min)(results, key=results.get)
     return {"name": name, "value": results[name], "all": results}

@@ -195,6 +195,11 @@ class RunConfig:
         return cls(**data)
 
 
+# Every table of a config (typed and free-form), in the order of RunConfig's fields: what a TOML config holds
+# besides its single values.
+TABLES = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name in SECTIONS or f.name in FREE_SECTIONS)
+
+
 def _check_search_path(path: str) -> None:
     """The dotted path names a config value, or a free-form table (`model`) whose choices are tables."""
     root, *rest = path.split(".")

@@ -77,7 +77,7 @@ def _sklearn(loader: str, task: str, description: str) -> Callable[[], Dataset]:
         loading = [f"the {len(features)} features of scikit-learn's load_{loader}() in its order (see `features`), "
                    "in their own units, as float32"]
         sample = f"{len(features)} features in their own units"
-        if task == "regression":
+        if "target_names" not in bunch:  # values (diabetes), not classes
             return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.float32),
                            None, description, features=features, loading=loading, sample=sample)
         return Dataset(loader, "table", task, bunch.data.astype(np.float32), bunch.target.astype(np.int64),
@@ -159,7 +159,7 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
     """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders.
 
     The dataset is named by the file's or folder's own name, never by the directories above it."""
-    from training import datafiles
+    from training import datafiles, imagefiles
 
     task = options.get("task")
     if path.suffix.lower() == ".csv":
@@ -191,7 +191,7 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
         data.loading = [f"array X of {path.name} as float32, shape {list(X.shape[1:])} per sample, as stored"]
         data.sample = f"an array of shape {list(X.shape[1:])} with X's values as stored"
         return data
-    folder = datafiles.read_image_folder(path, options.get("image_size"), options.get("color", "grayscale"))
+    folder = imagefiles.read_image_folder(path, options.get("image_size"), options.get("color", "grayscale"))
     name = f"{folder_name(path)}/"
     return Dataset(name, "image", task or "multiclass", folder.X, folder.y, folder.classes,
                    f"{len(folder.X)} {folder.color} images of {folder.size}x{folder.size} pixels in "
@@ -206,7 +206,7 @@ def folder_name(path: Path) -> str:
 
 
 def image_loading(folder) -> list[str]:
-    """The steps that turned a folder's image files (a datafiles.ImageFolder) into X, as sentences a client can
+    """The steps that turned a folder's image files (an imagefiles.ImageFolder) into X, as sentences a client can
     follow."""
     side, channels = folder.size, folder.X.shape[1]
     sizes = ", ".join(f"{w}x{h}" for w, h in sorted(folder.sizes))
@@ -229,15 +229,19 @@ def _table_from_targets(path: Path, X: np.ndarray, y: np.ndarray, task: str | No
         n_classes = len(np.unique(y))
         task = ("binary" if n_classes == 2 else "multiclass") if (not numeric or (integral and n_classes <= 50)) \
             else "regression"
-    if task == "regression":
+    from training.tasks import TASKS
+
+    kind = TASKS.get(task)  # an unknown name is refused with the architecture's tasks (training.prepare)
+    if kind is not None and kind.scales_targets:  # values, not classes
         if not numeric:
-            raise ValueError(f"{path}: task regression needs numeric targets")
+            raise ValueError(f"{path}: task {task} needs numeric targets")
         return Dataset(path.name, "table", task, X.astype(np.float32), y.astype(np.float32), None, description,
                        source="file")
     classes, index = np.unique(y, return_inverse=True)
     labels = [str(int(c)) if numeric and float(c).is_integer() else str(c) for c in classes]
-    if task == "binary" and len(labels) != 2:
-        raise ValueError(f"{path}: task binary needs exactly 2 classes, found {len(labels)}: {labels[:10]}")
+    if kind is not None and kind.num_classes is not None and len(labels) != kind.num_classes:
+        raise ValueError(f"{path}: task {task} needs exactly {kind.num_classes} classes, found {len(labels)}: "
+                         f"{labels[:10]}")
     return Dataset(path.name, "table", task, X.astype(np.float32), index.astype(np.int64), labels, description,
                    source="file")
 

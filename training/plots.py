@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -93,29 +92,3 @@ def image_grid(path: Path, rows: list[np.ndarray], row_titles: list[str], title:
                         fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path, bbox_inches="tight")
-
-
-def plot_run(out: Path, prepared, served, config) -> list[Path]:
-    """Every plot of a finished supervised or reconstruction run."""
-    from training.trainer import batched, torch_predictor
-
-    (out / "plots").mkdir(exist_ok=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    paths = [plot_curves(out, rows)]
-    task = prepared.task
-    X, y = prepared.X["test"], prepared.y["test"]
-    outputs = batched(torch_predictor(served), X)
-    if task == "multiclass":
-        paths.append(plot_confusion(out, y, outputs.argmax(1), prepared.labels))
-    elif task == "binary":
-        paths.append(plot_confusion(out, y, (outputs >= 0.5).astype(int), prepared.labels))
-    elif task == "forecasting":
-        paths.append(plot_forecast(out, X, y, outputs))
-    elif task == "anomaly":
-        shape = prepared.data.X.shape[-2:] if prepared.data.kind == "image" else None
-        if shape is not None:
-            recon = outputs[0][:10].reshape(-1, *shape)
-            paths.append(image_grid(out / "plots" / "reconstructions.png",
-                                    [X[:10].reshape(-1, *shape), recon], ["original", "reconstruction"],
-                                    "test samples and their reconstructions"))
-    return paths

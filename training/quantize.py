@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm")
 # Dynamic quantization of convolutions (ConvInteger) ran 2-10x slower here, and ORT quantizes LSTM and Attention
-# weights with their own integer kernels that nothing in this project has measured (export-notes, "ONNX Runtime,
-# measured"). Any op type whose name contains "Conv" is refused as well (see _refused).
+# weights with their own integer kernels that nothing in this project has measured. Any op type whose name contains "Conv" is refused as well (see _refused).
 REFUSED_OPS = ("Conv", "ConvTranspose", "ConvInteger", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention")
 # The batch the speed gate is judged at: the batch the service's dynamic batcher forms under load. Batch 1 is known
 # to be slower for int8 on this stack (the per-call DynamicQuantizeLinear of the activations is not amortized), so

@@ -57,14 +57,39 @@ def _example_request(meta: dict, examples: list) -> str:
     return json.dumps({"inputs": tensors})
 
 
+def _quality(meta: dict) -> list[str]:
+    """The card's test metrics (torch and ONNX), the best baseline, and the export's parity."""
+    training = meta["training"]
+    metrics = training["metrics"]
+    headline = training["headline_metric"]
+    baseline = training.get("baseline")
+    lines = ["## Quality on the held-out test split", "",
+              f"Split: {training['split']['method']}, seed {training['seed']}, {training['split']['train']} train / "
+              f"{training['split']['val']} validation / {training['split']['test']} test.", "",
+              "| metric | torch | exported ONNX |", "|---|---:|---:|"]
+    for key, value in metrics.items():
+        if key.startswith("test_"):
+            lines.append(f"| {key[5:]}{' (headline)' if key[5:] == headline else ''} | {_fmt(value)} | "
+                         f"{_fmt(metrics.get('onnx_' + key, '-'))} |")
+    if baseline:
+        lines += ["", f"Best classic baseline on the same split: **{baseline['name']}**, {headline} "
+                  f"{_fmt(baseline['value'])} (all: " + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline["all"].items())
+                  + ")."]
+    parity = meta["export"]["parity"]
+    lines += ["", "## Export", "", f"{meta['export']['exporter']}, opset {meta['export']['opset']}; "
+              f"max |onnx - torch| {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
+              f"(rule: {parity['rule']}, atol {parity['atol']:g}).", "",
+              f"Trained {training['epochs_run']} epochs (best {training['best_epoch']}) in "
+              f"{training['train_seconds']:.0f} s with torch {training['library_versions']['torch']}, "
+              f"created {training['created_at']}.", ""]
+    return lines
+
+
 def model_card(meta: dict, plots: list[str], examples: list) -> str:
     """A Markdown card: what the model does, its tensors with an example request, metrics, baseline, plots.
 
     `examples` holds one array per input (a real sample first), for the example request."""
     training = meta["training"]
-    metrics = training["metrics"]
-    headline = training["headline_metric"]
-    baseline = training.get("baseline")
     preprocessing = meta["preprocessing"]
     lines = [f"# {meta['name']} version {meta['version']}", "",
              f"A `{meta['architecture']}` model for **{meta['task']}**, trained on {training['dataset_description']}.",
@@ -96,25 +121,7 @@ def model_card(meta: dict, plots: list[str], examples: list) -> str:
         lines += ["Or by feature name, on the convenience endpoint:", "", "```sh",
                   f"curl -s http://127.0.0.1:8080/v1/models/{meta['name']}:predict "
                   f"-d '{json.dumps({'instances': [row]})}'", "```", ""]
-    lines += ["## Quality on the held-out test split", "",
-              f"Split: {training['split']['method']}, seed {training['seed']}, {training['split']['train']} train / "
-              f"{training['split']['val']} validation / {training['split']['test']} test.", "",
-              "| metric | torch | exported ONNX |", "|---|---:|---:|"]
-    for key, value in metrics.items():
-        if key.startswith("test_"):
-            lines.append(f"| {key[5:]}{' (headline)' if key[5:] == headline else ''} | {_fmt(value)} | "
-                         f"{_fmt(metrics.get('onnx_' + key, '-'))} |")
-    if baseline:
-        lines += ["", f"Best classic baseline on the same split: **{baseline['name']}**, {headline} "
-                  f"{_fmt(baseline['value'])} (all: " + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline["all"].items())
-                  + ")."]
-    parity = meta["export"]["parity"]
-    lines += ["", "## Export", "", f"{meta['export']['exporter']}, opset {meta['export']['opset']}; "
-              f"max |onnx - torch| {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
-              f"(rule: {parity['rule']}, atol {parity['atol']:g}).", "",
-              f"Trained {training['epochs_run']} epochs (best {training['best_epoch']}) in "
-              f"{training['train_seconds']:.0f} s with torch {training['library_versions']['torch']}, "
-              f"created {training['created_at']}.", ""]
+    lines += _quality(meta)
     if plots:
         lines += ["## Training plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(lines)

@@ -126,7 +126,8 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
     publishing, a failed load raises LoadFailed. The metric gate and the signature gate raise PromotionRefused
     unless `force`."""
     from training.config import load_config
-    from training.export import SignatureChanged, export_run, publish
+    from training.export import export_run
+    from training.publish import SignatureChanged, publish
     from training.trainer import fit
 
     if service:
@@ -135,7 +136,7 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
     run_dir = out or Path("runs") / "retrain" / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     fit(config, run_dir, log=log if not quiet else (lambda _m: None), quiet=quiet)
     exported, resolved, summary = export_run(run_dir)
-    metric = summary["headline_metric"]
+    metric = summary.headline_metric
     new = exported.onnx_metrics[metric]
     versions = artifact.list_versions(Path(models) / name)
     published = artifact.read_metadata(Path(models) / name / str(versions[-1])) if versions else None
@@ -152,9 +153,9 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
         raise PromotionRefused(str(exc)) from None
     log(f"published {name} version {version} at {path}")
     rows = [("metric", f"version {versions[-1]}" if versions else "-", f"version {version} (new)")]
-    for key in sorted(k for k in summary["metrics"] if k.startswith("test_")):
+    for key in sorted(k for k in summary.metrics if k.startswith("test_")):
         before = published["training"]["metrics"].get(key) if published else None
-        rows.append((key[5:], "-" if before is None else f"{before:.4f}", f"{summary['metrics'][key]:.4f}"))
+        rows.append((key[5:], "-" if before is None else f"{before:.4f}", f"{summary.metrics[key]:.4f}"))
     width = max(len(r[0]) for r in rows)
     for row in rows:
         log(f"  {row[0]:<{width}}  {row[1]:>12}  {row[2]:>18}")

@@ -1,107 +1,29 @@
-"""Tasks: how targets are scaled for training, the loss, the served head, and the metrics, per task.
+"""Tasks: one `Task` object per task, holding everything that differs between them.
 
 The trained `Network` works in standardized units. The served model is `Network` plus the task's head, so
 clients send raw features and get answers in the data's units: class probabilities, the probability of the
 positive class, values in the target's units, the next H values of a series, or a reconstruction with its
 anomaly score and embedding. Metrics are computed on the served head's outputs, so the same function scores
-the torch model and the exported ONNX model.
+the torch model and the exported ONNX model. Each task also names its loss, its training targets, its output
+tensors and their shapes, its classic baselines and its plots. This module is the one place that tells the tasks
+apart by name: everything else asks the task.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-TASKS = ("multiclass", "binary", "regression", "forecasting", "anomaly", "generation")
+from training import architectures, baselines, plots
+from training.gan import evaluation_inputs, generation_metrics, within_class_distance
+from training.network import Network, load_generator
+from training.predict import batched, noisy_copy
 
-
-class Network(nn.Module):
-    """Input standardization -> architecture, in standardized units; the statistics travel as buffers.
-
-    For a series (`series=True`) the input is a raw window [B, T]; it is scaled relative to its last value,
-    (x - x[:, -1]) / std, which keeps a trending series (co2) inside the range seen in training.
-    """
-
-    def __init__(self, body: nn.Module, x_mean: torch.Tensor, x_std: torch.Tensor,
-                 y_mean: torch.Tensor | None = None, y_std: torch.Tensor | None = None, series: bool = False):
-        super().__init__()
-        self.body = body
-        self.series = series
-        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32).clone())
-        self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32).clone())
-        self.register_buffer("y_mean", torch.as_tensor(0.0 if y_mean is None else y_mean, dtype=torch.float32).clone())
-        self.register_buffer("y_std", torch.as_tensor(1.0 if y_std is None else y_std, dtype=torch.float32).clone())
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        if self.series:
-            return ((x - x[:, -1:]) / self.x_std).unsqueeze(-1)  # [B, T] -> [B, T, 1]
-        return (x - self.x_mean) / self.x_std
-
-    def forward(self, x: torch.Tensor):
-        return self.body(self.scale(x))
-
-    def scale_targets(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Targets in the units the body predicts (regression: standardized; series: relative to the last value)."""
-        if self.series:
-            return (y - x[:, -1:]) / self.x_std
-        return (y - self.y_mean) / self.y_std
-
-    def unscale_outputs(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.series:
-            return out * self.x_std + x[:, -1:]
-        return out * self.y_std + self.y_mean
-
-
-class ServedModel(nn.Module):
-    """The network with the task's output head: what is exported and served."""
-
-    def __init__(self, network: Network, task: str):
-        super().__init__()
-        self.network = network
-        self.task = task
-
-    def forward(self, x: torch.Tensor):
-        return self.head(self.network(x), x)
-
-    def head(self, out, x: torch.Tensor):
-        """The served outputs from the network's raw output `out` for input `x`."""
-        if self.task == "multiclass":
-            return torch.softmax(out, dim=-1)  # [B, K]
-        if self.task == "binary":
-            return torch.sigmoid(out.squeeze(-1))  # [B]
-        if self.task == "regression":
-            return self.network.unscale_outputs(out.squeeze(-1), x)  # [B]
-        if self.task == "forecasting":
-            return self.network.unscale_outputs(out, x)  # [B, H]
-        if self.task == "anomaly":
-            recon, embedding = out
-            scaled = self.network.scale(x)
-            score = (recon - scaled).pow(2).flatten(1).mean(1)  # [B] mean squared error, standardized units
-            return recon * self.network.x_std + self.network.x_mean, score, embedding
-        raise ValueError(f"task {self.task!r} has no served head; valid tasks are {list(TASKS)}")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Per-task facts: output names of the served model and whether the metric `monitor` default rises."""
-
-    outputs: tuple[str, ...]
-    metric: str  # the headline test metric
-    higher_is_better: bool
-
-
-TASK_SPECS = {
-    "multiclass": TaskSpec(("probabilities",), "accuracy", True),
-    "binary": TaskSpec(("probability",), "accuracy", True),
-    "regression": TaskSpec(("prediction",), "r2", True),
-    "forecasting": TaskSpec(("forecast",), "mae", False),
-    "anomaly": TaskSpec(("reconstruction", "score", "embedding"), "roc_auc", True),
-    "generation": TaskSpec(("image",), "judge_accuracy", True),
-}
 LOWER_IS_BETTER = ("loss", "mae", "rmse")
 
 
@@ -109,49 +31,312 @@ def higher_is_better(metric: str) -> bool:
     return not any(metric.endswith(suffix) for suffix in LOWER_IS_BETTER)
 
 
-def loss_fn(task: str):
-    """Training loss on the network's outputs and scaled targets."""
-    if task == "multiclass":
+class Task:
+    """What one task means for training, scoring, export and the artifact. Subclasses override what differs."""
+
+    name: str
+    outputs: tuple[str, ...]  # output tensor names of the served model
+    metric: str  # the headline test metric
+    output_text: str  # what the served outputs are, for the artifact's preprocessing.output
+    needs_labels = False  # the data must name its classes
+    num_classes: int | None = None  # the number of classes the task takes (None: any)
+    stratify = False  # split stratified by class
+    forecasts = False  # a series: windows of past values in, the next values out
+    scales_targets = False  # targets standardized with the training split's mean and std
+    needs_judge = False  # scored by a classifier trained for it (training.trainer.train_judge)
+    served_input = "raw values in the dataset's own units"
+    in_graph_preprocessing = True  # the graph standardizes (or scales) its input itself
+
+    @property
+    def higher_is_better(self) -> bool:
+        return higher_is_better(self.metric)
+
+    def out_features(self, prepared) -> int | None:
+        """The architecture's output width for this task (None: the architecture decides)."""
+        return None
+
+    def loss(self) -> Callable:
+        """Training loss on the network's outputs and scaled targets."""
+        raise ValueError(f"task {self.name!r} is not trained by this loop; valid tasks are {list(TASKS)}")
+
+    def target(self, network: Network, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """What the loss compares the network's output with."""
+        return y
+
+    def head(self, network: Network, out, x: torch.Tensor):
+        """The served outputs from the network's raw output `out` for input `x`."""
+        raise ValueError(f"task {self.name!r} has no served head; valid tasks are {list(TASKS)}")
+
+    def metrics(self, outputs, y: np.ndarray | None) -> dict[str, float]:
+        """Metrics from the served head's outputs (numpy, data units) and the raw targets."""
+        raise ValueError(f"no metrics for task {self.name!r}")
+
+    def test_metrics(self, predict: Callable, prepared, config, judge: Callable | None = None) -> dict[str, float]:
+        """Headline test metrics through `predict` (torch or ONNX Runtime: the same function scores both)."""
+        return self.metrics(batched(predict, prepared.X["test"]), prepared.y["test"])
+
+    def baselines(self, prepared, config) -> dict[str, float]:
+        """Every classic baseline's headline test metric on the run's split (empty when none applies)."""
+        return {}
+
+    def plot(self, out: Path, prepared, outputs) -> list[Path]:
+        """The task's own picture of the test split, from the served outputs."""
+        return []
+
+    def output_shapes(self, prepared, hyper: dict, in_shape: list[int]) -> list[list[int]]:
+        """The served outputs' shapes (-1: dynamic), in the order of `outputs`."""
+        return [[-1]]
+
+    def task_params(self, prepared, summary, config) -> dict:
+        """What a client needs beyond the tensors (the artifact's task_params)."""
+        return {}
+
+    def serve(self, network: nn.Module) -> nn.Module:
+        """The module that is exported and served: the network with this task's head."""
+        return ServedModel(network, self)
+
+    def load_network(self, resolved, state: dict) -> nn.Module:
+        """The trained network of a finished run from its resolved config and best.pt, in eval mode."""
+        body = architectures.build(resolved.config.arch, resolved.network)
+        network = Network(body, state["x_mean"], state["x_std"], state["y_mean"], state["y_std"],
+                          series=resolved.series)
+        network.load_state_dict(state)
+        return network.eval()
+
+
+def _confusion(out: Path, prepared, predicted: np.ndarray) -> list[Path]:
+    return [plots.plot_confusion(out, prepared.y["test"], predicted, prepared.labels)]
+
+
+class Multiclass(Task):
+    name, outputs, metric = "multiclass", ("probabilities",), "accuracy"
+    output_text = "softmax over the classes"
+    needs_labels = stratify = True
+
+    def out_features(self, prepared) -> int | None:
+        return len(prepared.labels)
+
+    def loss(self) -> Callable:
         return nn.CrossEntropyLoss()
-    if task == "binary":
+
+    def head(self, network, out, x):
+        return torch.softmax(out, dim=-1)  # [B, K]
+
+    def metrics(self, outputs, y):
+        return {"accuracy": float((np.asarray(outputs).argmax(1) == y).mean())}
+
+    def baselines(self, prepared, config):
+        return baselines.classifier_baselines(prepared, config)
+
+    def plot(self, out, prepared, outputs):
+        return _confusion(out, prepared, outputs.argmax(1))
+
+    def output_shapes(self, prepared, hyper, in_shape):
+        return [[-1, len(prepared.labels)]]
+
+
+class Binary(Task):
+    name, outputs, metric = "binary", ("probability",), "accuracy"
+    output_text = "sigmoid: the probability of the positive class"
+    needs_labels = stratify = True
+    num_classes = 2
+
+    def out_features(self, prepared) -> int | None:
+        return 1
+
+    def loss(self) -> Callable:
         bce = nn.BCEWithLogitsLoss()
         return lambda out, y: bce(out.squeeze(-1), y.float())
-    if task == "regression":
-        return lambda out, y: F.mse_loss(out.squeeze(-1), y)
-    if task == "forecasting":
-        return nn.MSELoss()
-    if task == "anomaly":
-        return lambda out, target: F.mse_loss(out[0], target)
-    raise ValueError(f"task {task!r} is not trained by this loop; valid tasks are {list(TASKS)}")
 
+    def head(self, network, out, x):
+        return torch.sigmoid(out.squeeze(-1))  # [B]
 
-def training_target(task: str, network: Network, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    """What the loss compares the network's output with."""
-    if task in ("regression", "forecasting"):
-        return network.scale_targets(y, x)
-    if task == "anomaly":
-        return network.scale(x)
-    return y
+    def metrics(self, outputs, y):
+        from sklearn import metrics as skm
 
-
-def compute_metrics(task: str, outputs, y: np.ndarray | None) -> dict[str, float]:
-    """Metrics from the served head's outputs (numpy, data units) and the raw targets."""
-    from sklearn import metrics as skm
-
-    if task == "multiclass":
-        probs = np.asarray(outputs)
-        return {"accuracy": float((probs.argmax(1) == y).mean())}
-    if task == "binary":
         p = np.asarray(outputs)
         return {"accuracy": float(((p >= 0.5) == (y == 1)).mean()), "roc_auc": float(skm.roc_auc_score(y, p))}
-    if task == "regression":
+
+    def baselines(self, prepared, config):
+        return baselines.classifier_baselines(prepared, config)
+
+    def plot(self, out, prepared, outputs):
+        return _confusion(out, prepared, (outputs >= 0.5).astype(int))
+
+    def task_params(self, prepared, summary, config):
+        return {"positive_label": prepared.labels[1]}
+
+
+def _errors(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return {"mae": float(np.abs(pred - y).mean()), "rmse": float(np.sqrt(((pred - y) ** 2).mean()))}
+
+
+class Regression(Task):
+    name, outputs, metric = "regression", ("prediction",), "r2"
+    output_text = "the value in the target's units (inverse scaling in the graph)"
+    scales_targets = True
+
+    def out_features(self, prepared) -> int | None:
+        return 1
+
+    def loss(self) -> Callable:
+        return lambda out, y: F.mse_loss(out.squeeze(-1), y)
+
+    def target(self, network, x, y):
+        return network.scale_targets(y, x)
+
+    def head(self, network, out, x):
+        return network.unscale_outputs(out.squeeze(-1), x)  # [B]
+
+    def metrics(self, outputs, y):
+        from sklearn import metrics as skm
+
         pred = np.asarray(outputs, dtype=np.float64)
-        return {"r2": float(skm.r2_score(y, pred)), "mae": float(np.abs(pred - y).mean()),
-                "rmse": float(np.sqrt(((pred - y) ** 2).mean()))}
-    if task == "forecasting":
-        pred = np.asarray(outputs, dtype=np.float64)
-        return {"mae": float(np.abs(pred - y).mean()), "rmse": float(np.sqrt(((pred - y) ** 2).mean()))}
-    if task == "anomaly":
-        score = np.asarray(outputs[1], dtype=np.float64)
-        return {"reconstruction_mse": float(score.mean())}
-    raise ValueError(f"no metrics for task {task!r}")
+        return {"r2": float(skm.r2_score(y, pred)), **_errors(pred, y)}
+
+    def baselines(self, prepared, config):
+        return baselines.regressor_baselines(prepared, config)
+
+
+class Forecasting(Task):
+    name, outputs, metric = "forecasting", ("forecast",), "mae"
+    output_text = "the next values in the series' units (inverse scaling in the graph)"
+    forecasts = True
+
+    def out_features(self, prepared) -> int | None:
+        return prepared.horizon
+
+    def loss(self) -> Callable:
+        return nn.MSELoss()
+
+    def target(self, network, x, y):
+        return network.scale_targets(y, x)
+
+    def head(self, network, out, x):
+        return network.unscale_outputs(out, x)  # [B, H]
+
+    def metrics(self, outputs, y):
+        return _errors(np.asarray(outputs, dtype=np.float64), y)
+
+    def baselines(self, prepared, config):
+        return baselines.forecast_baselines(prepared)
+
+    def plot(self, out, prepared, outputs):
+        return [plots.plot_forecast(out, prepared.X["test"], prepared.y["test"], outputs)]
+
+    def output_shapes(self, prepared, hyper, in_shape):
+        return [[-1, prepared.horizon]]
+
+    def task_params(self, prepared, summary, config):
+        return {"window": prepared.window, "horizon": prepared.horizon, "season": prepared.data.season}
+
+
+class Anomaly(Task):
+    name, outputs, metric = "anomaly", ("reconstruction", "score", "embedding"), "roc_auc"
+    output_text = "reconstruction in the input's units, anomaly score, encoder embedding"
+
+    def loss(self) -> Callable:
+        return lambda out, target: F.mse_loss(out[0], target)
+
+    def target(self, network, x, y):
+        return network.scale(x)
+
+    def head(self, network, out, x):
+        recon, embedding = out
+        scaled = network.scale(x)
+        score = (recon - scaled).pow(2).flatten(1).mean(1)  # [B] mean squared error, standardized units
+        return recon * network.x_std + network.x_mean, score, embedding
+
+    def metrics(self, outputs, y):
+        return {"reconstruction_mse": float(np.asarray(outputs[1], dtype=np.float64).mean())}
+
+    def test_metrics(self, predict, prepared, config, judge=None):
+        """Threshold from the training reconstruction errors; ROC AUC of clean test samples against noisy ones."""
+        from sklearn.metrics import roc_auc_score
+
+        metrics = super().test_metrics(predict, prepared, config)
+        quantile = float(config.eval.get("quantile", 0.99))
+        noise = float(config.eval.get("noise", 4.0))
+        threshold = float(np.quantile(batched(predict, prepared.X["train"])[1], quantile))
+        clean = batched(predict, prepared.X["test"])[1]
+        noisy = batched(predict, noisy_copy(prepared.X["test"], noise, config.seed))[1]
+        scores = np.concatenate([clean, noisy])
+        truth = np.concatenate([np.zeros(len(clean)), np.ones(len(noisy))])
+        return {**metrics, "roc_auc": float(roc_auc_score(truth, scores)), "threshold": threshold,
+                "clean_flagged": float((clean > threshold).mean()), "noisy_flagged": float((noisy > threshold).mean())}
+
+    def baselines(self, prepared, config):
+        return baselines.anomaly_baselines(prepared, config)
+
+    def plot(self, out, prepared, outputs):
+        if prepared.data.kind != "image":
+            return []
+        shape = prepared.data.X.shape[-2:]
+        X = prepared.X["test"]
+        return [plots.image_grid(out / "plots" / "reconstructions.png",
+                                 [X[:10].reshape(-1, *shape), outputs[0][:10].reshape(-1, *shape)],
+                                 ["original", "reconstruction"], "test samples and their reconstructions")]
+
+    def output_shapes(self, prepared, hyper, in_shape):
+        return [in_shape, [-1], [-1, hyper["latent_dim"]]]
+
+    def task_params(self, prepared, summary, config):
+        return {"threshold": summary.metrics["test_threshold"], "quantile": config.eval.get("quantile", 0.99),
+                "score": "mean squared reconstruction error of the standardized input", "score_output": "score"}
+
+
+class Generation(Task):
+    name, outputs, metric = "generation", ("image",), "judge_accuracy"
+    output_text = "image in [0, 1]"
+    needs_labels = needs_judge = True
+    served_input = "a standard-normal latent vector and a class index"
+    in_graph_preprocessing = False
+
+    def out_features(self, prepared) -> int | None:
+        return len(prepared.labels)
+
+    def test_metrics(self, predict, prepared, config, judge=None):
+        """Judge accuracy and diversity of `predict`'s images for fixed latents of every class (training.gan)."""
+        pixel_max = float(prepared.data.X.max())
+        reference = within_class_distance(prepared.X["train"] / pixel_max, prepared.y["train"])
+        hyper = architectures.resolve_hyper(config.arch, config.model, list(prepared.X["train"].shape[1:]),
+                                            len(prepared.labels))
+        inputs = evaluation_inputs(hyper["num_classes"], hyper["latent_dim"],
+                                   int(config.eval.get("samples_per_class", 100)), config.seed)
+        return generation_metrics(predict, judge, *inputs, pixel_max, reference)
+
+    def output_shapes(self, prepared, hyper, in_shape):
+        return [[-1, hyper["channels"], hyper["image_size"], hyper["image_size"]]]
+
+    def serve(self, network):
+        return network  # the served generator already maps its images to [0, 1]
+
+    def load_network(self, resolved, state):
+        return load_generator(resolved.network, state)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (Multiclass(), Binary(), Regression(), Forecasting(), Anomaly(),
+                                              Generation())}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid tasks are {list(TASKS)}") from None
+
+
+class ServedModel(nn.Module):
+    """The network with the task's output head: what is exported and served."""
+
+    def __init__(self, network: Network, task: str | Task):
+        super().__init__()
+        self.network = network
+        self.task = get_task(task) if isinstance(task, str) else task
+
+    def forward(self, x: torch.Tensor):
+        return self.head(self.network(x), x)
+
+    def head(self, out, x: torch.Tensor):
+        """The served outputs from the network's raw output `out` for input `x`."""
+        return self.task.head(self.network, out, x)

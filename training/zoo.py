@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from training.config import CONFIG_DIR, load_config
+from training.runs import Summary
+from training.tasks import get_task
 
 ZOO = ("digits-mlp", "digits-cnn", "digits-transformer", "breast-cancer-mlp", "diabetes-mlp", "co2-lstm",
        "sunspots-gru", "sunspots-rnn", "digits-autoencoder", "digits-gan")
@@ -19,27 +21,30 @@ TARGETS = {
 }
 
 
-def target_met(name: str, summary: dict) -> bool:
-    """Whether a zoo run meets its bar (for series: beat every naive forecast on MAE)."""
+def target_met(name: str, summary) -> bool:
+    """Whether a zoo run meets its bar (for series: beat every naive forecast on MAE).
+
+    `summary` is a runs.Summary or a mapping with its task, metrics and baseline (a published model's)."""
     metrics = summary["metrics"]
-    if summary["task"] == "forecasting":
+    if get_task(summary["task"]).forecasts:
         return all(metrics["test_mae"] < value for value in summary["baseline"]["all"].values())
     return all(metrics[f"test_{k}"] >= v for k, v in TARGETS.get(name, {}).items())
 
 
-def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    """One row per model, in HEADER's columns: what `zoo` prints and writes to zoo.md (the README's table)."""
+def table_rows(results: dict) -> list[list[str]]:
+    """One row per model, in HEADER's columns: what `zoo` prints and writes to zoo.md (the README's table).
+
+    Each result is a runs.Summary or a mapping with the same keys (a published model's metadata)."""
     rows = []
     for name, summary in results.items():
         config = load_config(CONFIG_DIR / f"{name}.toml")
-        what = f"{config.arch}, {summary['task']}"
-        if summary["task"] == "forecasting":
-            what += f", horizon {config.data.get('horizon', 1)}"
+        forecasts = get_task(summary["task"]).forecasts
+        what = f"{config.arch}, {summary['task']}" + (f", horizon {config.data.get('horizon', 1)}" if forecasts else "")
         metric = summary["headline_metric"]
         extra = [f"{k} {summary['metrics'][f'test_{k}']:.4f}" for k in TARGETS.get(name, {}) if k != metric]
         baseline = summary.get("baseline")
         others = [f"{k} {v:.4g}" for k, v in (baseline or {}).get("all", {}).items()  # the naive forecasts
-                  if k != baseline["name"] and summary["task"] == "forecasting"]
+                  if k != baseline["name"] and forecasts]
         rows.append([name, what, metric + (f" ({', '.join(extra)})" if extra else ""),
                      f"{summary['metrics'][f'test_{metric}']:.4f}",
                      (baseline["name"] + (f" ({', '.join(others)})" if others else "")) if baseline else "-",
@@ -64,7 +69,7 @@ def text_table(rows: list[list[str]]) -> str:
 
 
 def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None] = print,
-            quiet: bool = True, models: Path | None = None) -> dict[str, dict]:
+            quiet: bool = True, models: Path | None = None) -> dict[str, Summary]:
     """Train the zoo models (all, or `names`) into out/<name>/; write zoo.json and zoo.md; return summaries.
 
     With `models`, each run is also exported, verified and published there as the model's next version.
@@ -84,14 +89,15 @@ def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None
                             (lambda _m: None), quiet=quiet)
         log(f"   {text_table(table_rows({name: results[name]})).splitlines()[-1]}")
         if models is not None:
-            from training.export import export_run, publish
+            from training.export import export_run
+            from training.publish import publish
 
             exported, resolved, summary = export_run(out / name)
             version, path = publish(exported, resolved, summary, name, models, out / name)
             log(f"   published {name} version {version} at {path} (max |onnx - torch| "
                 f"{exported.parity['max_abs_diff']:.1e})")
     rows = table_rows(results)
-    (out / "zoo.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "zoo.json").write_text(json.dumps({name: s.to_dict() for name, s in results.items()}, indent=2) + "\n")
     (out / "zoo.md").write_text(markdown_table(rows))
     log(text_table(rows))
     log(f"zoo trained in {time.perf_counter() - started:.0f} s; table in {out / 'zoo.md'}")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import io
-import logging
-import warnings
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
+from training.architectures import get_arch
 from training.architectures.autoencoder import Autoencoder, AutoencoderConfig
 from training.architectures.cnn import CNN, CNNConfig
 from training.architectures.gan import Discriminator, GANConfig, Generator
 from training.architectures.recurrent import RecurrentConfig, RecurrentNet
+from training.architectures.onnx_config import OnnxConfig
 from training.architectures.transformer import TransformerConfig, TransformerNet
+from training.export import ExportPlan, export_graph
 
 CELLS = ["rnn", "lstm", "gru"]
 ATOL = 1e-5  # torch vs ONNX Runtime, every architecture
@@ -218,30 +217,21 @@ def test_gan_choices():
 
 
 def export_and_check(model: nn.Module, example: tuple, names: list[str], dynamic: list[dict[int, str]],
-                     checks: list[tuple], dynamo: bool = True, atol: float = ATOL) -> None:
-    """Export in eval mode (opset 20, weights inside), assert the dynamic dims stayed symbolic, and compare
-    ONNX Runtime with torch on each input tuple in `checks` (export-notes: every check differs from `example`)."""
+                     checks: list[tuple], export: OnnxConfig = OnnxConfig(), atol: float = ATOL) -> None:
+    """Export in eval mode with the production exporter (training.export.export_graph: opset 20, weights inside,
+    the architecture's exporter and RNN-cache facts in `export`), assert the dynamic dims stayed symbolic, and
+    compare ONNX Runtime with torch on each input tuple in `checks` (each differs from `example`)."""
     model.eval()
-    for cache in (torch.ops.aten.lstm.input._dispatch_cache, torch.ops.aten.gru.input._dispatch_cache):
-        cache.clear()  # export-notes trap 4: a stale cache freezes the next LSTM/GRU's sequence length
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    kwargs: dict = {}
-    if dynamo:
-        dims: dict[str, torch.export.Dim] = {}
-        kwargs["dynamic_shapes"] = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
-                                          for axis, name in spec.items()} for spec in dynamic)
-    else:
-        kwargs["dynamic_axes"] = {name: spec for name, spec in zip(names, dynamic)}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the exporters' own deprecation and "torchvision" noise, this call only
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(model, example, dynamo=True, external_data=False, opset_version=20,
-                                        input_names=names, verbose=False, **kwargs)
-            serialized = program.model_proto.SerializeToString()
-        else:  # the legacy exporter writes only to a file or buffer, always self-contained
-            torch.onnx.export(model, example, buffer, dynamo=False, opset_version=20, input_names=names, **kwargs)
-            serialized = buffer.getvalue()
+    with torch.no_grad():
+        out = model(*example)
+    inputs = [{"name": name, "datatype": "FP32", "shape": [-1 if axis in spec else size
+                                                           for axis, size in enumerate(t.shape)]}
+              for name, spec, t in zip(names, dynamic, example)]
+    outputs = [{"name": f"output_{i}", "datatype": "FP32", "shape": [-1]}
+               for i in range(len(out) if isinstance(out, tuple) else 1)]
+    plan = ExportPlan(model, inputs, outputs, tuple(t.numpy() for t in example), [], export.dynamo, export.atol,
+                      clear_rnn_cache=export.clear_rnn_cache)
+    serialized = export_graph(plan).SerializeToString()
     session = ort.InferenceSession(serialized, providers=["CPUExecutionProvider"])
     graph_inputs = {i.name: i for i in session.get_inputs()}
     for name, spec in zip(names, dynamic):
@@ -280,7 +270,7 @@ def test_export_recurrent(cell, bidirectional):
     example = padded_batch(2, 4, 3, [4, 2])
     checks = [padded_batch(1, 3, 3, [2]), padded_batch(5, 11, 3, [11, 1, 5, 7, 3])]
     export_and_check(model, example, ["input", "lengths"], [{0: "batch", 1: "steps"}, {0: "batch"}], checks,
-                     dynamo=cell != "rnn")
+                     export=get_arch(cell).export)
 
 
 def test_export_transformer_with_mask():

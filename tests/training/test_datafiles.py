@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datafiles import (DataFileError, load_csv_series, load_csv_table, load_image_folder, load_npz,
-                                read_image_folder)
+from training.datafiles import DataFileError, load_csv_series, load_csv_table, load_npz
+from training.imagefiles import load_image_folder, read_image_folder
 
 
 def write(path: Path, text: str) -> Path:

@@ -28,7 +28,8 @@ import torch
 from tests.conftest import ROOT
 from training.config import apply_overrides, load_config
 from training.distributed import Distributed, ReplicasDiverged, from_environment, parameter_digest
-from training.trainer import build_network, fit, prepare
+from training.prepare import prepare
+from training.trainer import build_network, fit
 
 EPOCHS = 5
 SETTINGS = ["model.hidden_dims=[32]", "model.dropout=0.0", "optimizer.name='sgd'", "optimizer.lr=0.05"]

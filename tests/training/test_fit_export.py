@@ -17,8 +17,11 @@ from service import artifact
 from service.runtime import load_model
 from tests.conftest import FAST_EPOCHS, ROOT
 from training.config import apply_overrides, load_config
-from training.export import ExportError, export_run, plan_export, verify
-from training.trainer import config_of, fit, load_trained, prepare
+from training.export import ExportError, export_run, plan_export
+from training.prepare import prepare
+from training.runs import config_of, load_trained
+from training.trainer import fit
+from training.verify import verify
 
 
 def test_run_folder_is_complete(trained_run):

@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import ROOT
 from training.config import RunConfig, load_config
 from training.trainer import fit
-from training.tune import (TuneSettings, apply_values, base_params, config_toml, load_study, open_storage,
-                           suggest)
+from training.config_toml import config_toml
+from training.tune_space import apply_values, base_params, suggest
+from training.tune_study import TuneSettings, load_study, open_storage
 from training.zoo import ZOO
 
 # diabetes is the smallest dataset: a trial of 3 epochs takes a fraction of a second.
@@ -184,7 +185,7 @@ def test_a_study_refuses_another_number_of_folds(tmp_path):
 
 @pytest.mark.parametrize("name", ["diabetes-mlp", "digits-mlp"])
 def test_folds_partition_the_training_and_validation_rows_and_keep_the_test_rows(name):
-    from training.trainer import prepare
+    from training.prepare import prepare
 
     config = load_config(name)
     whole = prepare(config)
@@ -206,7 +207,7 @@ def test_folds_partition_the_training_and_validation_rows_and_keep_the_test_rows
 
 
 def test_folds_refuse_a_series_and_too_few_folds(tmp_path):
-    from training.trainer import prepare
+    from training.prepare import prepare
 
     with pytest.raises(ValueError, match="is a series"):
         prepare(load_config("co2-lstm"), (0, 3))
@@ -255,7 +256,8 @@ def test_a_study_from_before_folds_counts_as_one_fold(tmp_path):
 
 def test_under_folds_the_pruner_judges_the_first_fold_and_a_pruned_trial_runs_no_other(tmp_path):
     """A pruner that stops every trial whose value exceeds 0 stops it at fold 0's first epoch."""
-    from training.tune import _quiet_optuna, run_trial
+    from training.tune_study import _quiet_optuna
+    from training.tune_trials import run_trial
 
     config = RunConfig.from_dict(tomllib.loads(TINY_TOML))
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -16,7 +16,8 @@ from service import artifact
 from tests.conftest import ROOT
 from training.config import RunConfig, apply_overrides
 from training.data import dataset_label, load_dataset
-from training.export import SignatureChanged, export_run, publish
+from training.export import export_run
+from training.publish import SignatureChanged, publish
 from training.trainer import fit
 
 TINY_CNN = ["arch='cnn'", "train.epochs=2", "model.channels=[4]", "model.kernel_sizes=[3]", "model.hidden_dim=8"]

@@ -1,7 +1,8 @@
-"""The registry of architectures: name -> spec (config class, module class, input form, tasks, export settings).
+"""The registry of architectures: name -> spec (config class, module class, input form, tasks, export facts).
 
-The trainer fills in the sizes the data dictates (`resolve_hyper`); the exporter reads the export settings
-(see ../shared/reference/export-notes.md for why the Elman RNN uses the TorchScript exporter).
+The trainer fills in the sizes the data dictates (`resolve_hyper`); the exporter asks the spec's `export`
+(an OnnxConfig, training/architectures/onnx_config.py) for the inputs, the exporter and the tolerance.
+This module and training/tasks.py are the only places that tell architectures and tasks apart by name.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from training.architectures.autoencoder import Autoencoder, AutoencoderConfig
 from training.architectures.cnn import CNN, CNNConfig
 from training.architectures.gan import GANConfig, Generator
 from training.architectures.mlp import MLP, MLPConfig
+from training.architectures.onnx_config import GeneratorOnnxConfig, OnnxConfig, TransformerOnnxConfig
 from training.architectures.recurrent import RecurrentConfig, RecurrentNet
 from training.architectures.transformer import TransformerConfig, TransformerNet
 
@@ -32,15 +34,17 @@ class ArchSpec:
     form: str | Callable[[dict], str]  # table, image or sequence (a function when the config decides)
     sizes: Callable[[list[int], int | None], dict]  # data sizes -> config fields
     fixed: tuple[tuple[str, Any], ...] = ()  # config fields the name decides (rnn/lstm/gru share a class)
-    dynamo: bool = True  # False: the TorchScript exporter (Elman RNN: dynamo freezes its sequence length)
-    dynamic_sequence: bool = False  # export with a dynamic sequence length too
-    atol: float = 1e-5  # export parity tolerance
+    export: OnnxConfig = OnnxConfig()  # inputs, exporter, tolerance and client parameters of the served model
+    default_task: str | None = None  # the task when the config names none (else the dataset's own)
+    adversarial: bool = False  # trained by the adversarial step (training.gan), single process only
 
 
 def _recurrent(cell: str, dynamo: bool) -> ArchSpec:
+    # The Elman RNN keeps a dynamic sequence only with the TorchScript exporter; LSTM and GRU go through dynamo,
+    # which needs their dispatch cache cleared first.
     return ArchSpec(RecurrentConfig, RecurrentNet, SUPERVISED + ("forecasting",), "sequence",
-                    lambda shape, out: {"input_size": shape[-1], "out_features": out},
-                    fixed=(("cell", cell),), dynamo=dynamo, dynamic_sequence=True)
+                    lambda shape, out: {"input_size": shape[-1], "out_features": out}, fixed=(("cell", cell),),
+                    export=OnnxConfig(dynamo=dynamo, dynamic_sequence=True, clear_rnn_cache=dynamo))
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -53,13 +57,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gru": _recurrent("gru", dynamo=True),
     "transformer": ArchSpec(TransformerConfig, TransformerNet, SUPERVISED + ("forecasting",), "sequence",
                             lambda shape, out: {"input_size": shape[-1], "out_features": out},
-                            dynamic_sequence=True),
+                            export=TransformerOnnxConfig()),
     "autoencoder": ArchSpec(AutoencoderConfig, Autoencoder, ("anomaly",),
                             lambda model: "image" if model.get("kind") == "conv" else "table",
                             lambda shape, out: ({"in_channels": shape[0], "image_size": shape[1]} if len(shape) == 3
-                                                else {"in_features": shape[0]})),
+                                                else {"in_features": shape[0]}), default_task="anomaly"),
     "gan": ArchSpec(GANConfig, Generator, ("generation",), "image",
-                    lambda shape, out: {"channels": shape[0], "image_size": shape[1], "num_classes": out}),
+                    lambda shape, out: {"channels": shape[0], "image_size": shape[1], "num_classes": out},
+                    export=GeneratorOnnxConfig(), default_task="generation", adversarial=True),
 }
 
 
