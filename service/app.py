@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -10,14 +12,15 @@ import time
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import rest
-from service.dataplane import DataPlane
+from service import handlers, rest
 from service.control import Control
+from service.dataplane import DataPlane
 from service.errors import ServiceError
-from service.fastpath import FastPath, discard_unread_body, log_access, request_id_of
+from service.fastpath import FastPath
+from service.grpc_frontend import Upstream
+from service.handlers import RequestLog, discard_unread_body, request_id_of
 from service.metrics import Metrics
 from service.registry import ModelRegistry
-from service.grpc_frontend import Upstream
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,17 +48,19 @@ def create_app(settings: Settings | None = None, serve_grpc: bool = False) -> Fl
         g.started = time.perf_counter()
         g.request_id = request_id_of(request.headers.get("X-Request-ID"))
 
+    requests = RequestLog(plane)
+
     @app.after_request
     def finish_request(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.http_requests.labels(route, request.method, str(response.status_code)).inc()
         response.headers["X-Request-ID"] = g.request_id
-        log_access(g.request_id, request.method, route, response.status_code, g.get("model"), g.get("version"),
-                   g.started)
+        requests.finish(g.request_id, request.method, route, response.status_code, g.get("model"),
+                        g.get("version"), g.started)
         return response
 
     upstream = Upstream.from_env() if serve_grpc and settings.grpc_port else None
-    app.wsgi_app = FastPath(app.wsgi_app, plane, upstream)  # infer and health without Flask's per-request cost
+    # infer and health without Flask's per-request cost
+    app.wsgi_app = FastPath(app.wsgi_app, plane, upstream, requests)
     if serve_grpc and settings.grpc_port:
         from service.grpc_service import GrpcServer  # grpcio only where gRPC is served
 
@@ -71,6 +76,9 @@ def create_app(settings: Settings | None = None, serve_grpc: bool = False) -> Fl
         threading.Thread(target=load_then_watch, name="model-loader", daemon=True).start()
     else:
         load_then_watch()
+    if serve_grpc:  # a server's worker: its watcher stops when the worker exits, before the interpreter's teardown
+        multiprocessing.util.Finalize(registry, registry.stop, exitpriority=5)  # granian's workers
+        atexit.register(registry.stop)  # gunicorn's workers
     return app
 
 
@@ -90,9 +98,9 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        response = rest.json_response({"error": exc.message}, exc.status_code)
-        if exc.status_code == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="nnserve repository"'
+        status, document, headers = handlers.error_answer(exc)
+        response = rest.json_response(document, status)
+        response.headers.extend(headers)
         return response
 
     @app.errorhandler(HTTPException)
@@ -112,4 +120,4 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path[:200])
-        return rest.json_response({"error": "internal server error"}, 500)
+        return rest.json_response(handlers.INTERNAL_ERROR, 500)

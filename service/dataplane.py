@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from typing import Callable, TypeVar
@@ -10,10 +9,11 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from service import __version__
+from service.checks import check_request
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics
-from service.protocol import (NUMPY_DTYPES, InferRequest, RequestInput, brief, classify, clip, contains_bool,
-                              ACCEPTED_JSON_KINDS, dumps, dumps_nonfinite, element_types)
+from service.protocol import InferRequest, RequestInput, brief, classify, clip, dumps, dumps_nonfinite
+from service.tensordata import ACCEPTED_JSON_KINDS, NUMPY_DTYPES, contains_bool, element_types
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -70,8 +70,12 @@ class DataPlane:
         entries = self.registry.index()
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
-    def load_model(self, name: str) -> None:
-        """Load or reload a model; a failed version is reported, and what was serving keeps serving."""
+    def load_model(self, name: str, parameters=()) -> None:
+        """Load or reload a model; a failed version is reported, and what was serving keeps serving. `parameters`:
+        the names of the call's parameters (V2 lets a load carry a config or files, which nnserve refuses)."""
+        if "config" in parameters or any(k.startswith("file:") for k in parameters):
+            raise BadRequest("loading a model from a config or files in the request is not supported; "
+                             "publish the version into the repository, then call load")
         states = self.registry.load(name)
         failed = [s for s in states if s.state == "UNAVAILABLE"]
         if failed:
@@ -91,7 +95,7 @@ class DataPlane:
         model = self.registry.get(name, version)
         with self._observed(model) as timing:
             request = decode(self.settings.batch_limit(model.name) * MAX_SAMPLE_ELEMENTS)
-            feed = model.check_request(request, model.max_batch_size)
+            feed = check_request(model, request, model.max_batch_size)
             timing["decoded"] = time.perf_counter()
             if request.outputs is None:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
@@ -114,7 +118,7 @@ class DataPlane:
         model = self.registry.get(name)
         with self._observed(model) as timing:
             request = instances_request(model, body)
-            feed = model.check_request(request, model.max_batch_size)
+            feed = check_request(model, request, model.max_batch_size)
             timing["decoded"] = time.perf_counter()
             values = self._run(model, feed, model.output_names, timing)
             answer = {"model_name": model.name, "model_version": model.version_str,
@@ -139,30 +143,43 @@ class DataPlane:
         bound.queue_duration.observe(started - timing["start"])
         return values
 
-    @contextlib.contextmanager
-    def _observed(self, model: LoadedModel):
-        """Count the request by outcome and time it; errors pass through to the HTTP layer."""
-        metrics = self.metrics
-        bound = metrics.for_model(model.name, model.version_str)
-        timing = {"start": time.perf_counter(), "metrics": bound}
-        outcome = "server_error"
-        metrics.in_flight.inc()
-        try:
-            yield timing
+    def _observed(self, model: LoadedModel) -> "Observation":
+        return Observation(self.metrics, model)
+
+
+class Observation:
+    """Counts a request by outcome and times it, around the `with` block; errors pass through to the transport.
+    The block fills in the timing dict it is given (Triton's phases: decode and check, wait, run, encode)."""
+
+    __slots__ = ("metrics", "bound", "timing")
+
+    def __init__(self, metrics: Metrics, model: LoadedModel):
+        self.metrics = metrics
+        self.bound = metrics.for_model(model.name, model.version_str)
+        self.timing = {"start": time.perf_counter(), "metrics": self.bound}
+
+    def __enter__(self) -> dict:
+        self.metrics.in_flight.inc()
+        return self.timing
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
             outcome = "success"
-        except ServiceError as exc:
+        elif isinstance(exc, ServiceError):
             outcome = "client_error" if exc.status_code < 500 else "server_error"
-            raise
-        finally:
-            metrics.in_flight.dec()
-            start, end = timing["start"], time.perf_counter()
-            bound.request_duration.observe(end - start)
-            bound.outcomes[outcome].inc()
-            if outcome == "success":  # Triton's phases: decode and check, wait, run, encode
-                bound.stats.success(start, timing["decoded"], timing["started"], timing["ran"], timing["encoded"],
-                                    end, timing.get("samples", 0))
-            else:
-                bound.stats.failure(start, end)
+        else:
+            outcome = "server_error"
+        self.metrics.in_flight.dec()
+        bound, timing = self.bound, self.timing
+        start, end = timing["start"], time.perf_counter()
+        bound.request_duration.observe(end - start)
+        bound.outcomes[outcome].inc()
+        if outcome == "success":
+            bound.stats.success(start, timing["decoded"], timing["started"], timing["ran"], timing["encoded"],
+                                end, timing.get("samples", 0))
+        else:
+            bound.stats.failure(start, end)
+        return False
 
 
 def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
@@ -246,29 +263,65 @@ def _by_feature_name(instance: dict, features: list[str], where: str) -> list:
 def describe_predictions(model: LoadedModel, values: dict) -> list:
     """Predictions in the task's terms: labels with probabilities, values, score and flag, images. A model with no
     nnserve metadata gets its outputs: one output's values per instance, or an object of every output's."""
-    task, meta = model.metadata.get("task"), model.metadata
-    first = values[model.output_names[0]]
-    labels = meta.get("labels") or []
+    task = model.metadata.get("task")
     if task is None:
+        first = values[model.output_names[0]]
         if len(values) == 1:
             return first.tolist()
         if not model.batching:
             return [{name: value.tolist() for name, value in values.items()}]
         return [{name: value[i].tolist() for name, value in values.items()} for i in range(len(first))]
-    if task in ("binary", "regression", "anomaly") and first.ndim == 2 and first.shape[1] == 1:
-        first = first.reshape(-1)  # config.pbtxt's dims [1] for a per-sample scalar: predictions are numbers
-    if task == "multiclass":
-        return [{"label": labels[int(row.argmax())], "probability": float(row.max()),
-                 "probabilities": dict(zip(labels, map(float, row)))} for row in first]
-    if task == "binary":
-        positive = meta.get("task_params", {}).get("positive_label", labels[-1])
-        negative = next(label for label in labels if label != positive)
-        return [{"label": positive if p >= 0.5 else negative, "probability": float(p), "positive_label": positive}
-                for p in first]
-    if task == "anomaly":
-        threshold = meta["task_params"]["threshold"]
-        return [{"score": float(s), "anomaly": bool(s > threshold), "threshold": threshold}
-                for s in values["score"].reshape(-1)]
-    if task == "generation":
-        return [{"image": image.tolist()} for image in first]
-    return first.tolist()  # regression: values; forecasting: the next H values
+    return PREDICTIONS[task](model, values)
+
+
+def _first_output(model: LoadedModel, values: dict) -> np.ndarray:
+    return values[model.output_names[0]]
+
+
+def _per_sample(array: np.ndarray) -> np.ndarray:
+    """config.pbtxt's dims [1] for a per-sample scalar: predictions are numbers."""
+    return array.reshape(-1) if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+def _multiclass(model: LoadedModel, values: dict) -> list:
+    labels = model.metadata.get("labels") or []
+    return [{"label": labels[int(row.argmax())], "probability": float(row.max()),
+             "probabilities": dict(zip(labels, map(float, row)))} for row in _first_output(model, values)]
+
+
+def _binary(model: LoadedModel, values: dict) -> list:
+    labels = model.metadata.get("labels") or []
+    positive = model.metadata.get("task_params", {}).get("positive_label", labels[-1])
+    negative = next(label for label in labels if label != positive)
+    return [{"label": positive if p >= 0.5 else negative, "probability": float(p), "positive_label": positive}
+            for p in _per_sample(_first_output(model, values))]
+
+
+def _anomaly(model: LoadedModel, values: dict) -> list:
+    """The score is the output that metadata declares as `task_params.score_output`."""
+    params = model.metadata["task_params"]
+    threshold, output = params["threshold"], params.get("score_output")
+    if output not in values:
+        raise BadRequest(f"model '{model.name}': its metadata names no score output (task_params.score_output), so "
+                         f"/v1 cannot flag anomalies; ask /v2/models/{model.name}/infer for its outputs")
+    scores = values[output]
+    return [{"score": float(s), "anomaly": bool(s > threshold), "threshold": threshold} for s in scores.reshape(-1)]
+
+
+def _values(model: LoadedModel, values: dict) -> list:
+    """Regression: one value per sample."""
+    return _per_sample(_first_output(model, values)).tolist()
+
+
+def _forecasts(model: LoadedModel, values: dict) -> list:
+    """Forecasting: the next H values of each sample."""
+    return _first_output(model, values).tolist()
+
+
+def _images(model: LoadedModel, values: dict) -> list:
+    return [{"image": image.tolist()} for image in _first_output(model, values)]
+
+
+PREDICTIONS = {"multiclass": _multiclass, "binary": _binary, "regression": _values, "forecasting": _forecasts,
+               "anomaly": _anomaly, "generation": _images}
+"""How each task of service.artifact.TASKS describes its predictions."""

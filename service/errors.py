@@ -1,4 +1,5 @@
-"""Errors the service raises; each carries its HTTP status and a message safe to show a client."""
+"""Errors the service raises: ServiceError and its subclasses carry an HTTP status and a message safe to show a
+client; ConfigError and LoadError say why a model version cannot be served."""
 
 from __future__ import annotations
 
@@ -86,3 +87,11 @@ class InferenceFailed(ServiceError):
     """ONNX Runtime failed on input that passed validation: a server-side bug, reported as 500."""
 
     status_code = 500
+
+
+class ConfigError(ValueError):
+    """A config.pbtxt that cannot be read, or that does not fit the model; the message says why."""
+
+
+class LoadError(Exception):
+    """A version that must not be served; the message says why (shown in logs and the repository index)."""

@@ -3,8 +3,8 @@
 A Python gRPC server (grpcio) spends about 470 µs of CPU on a ModelInfer call that granian's HTTP path answers in
 about 115 (docs/grpc.md). So when nginx is installed, `python -m service` runs it on the gRPC port:
 - a unary ModelInfer call is proxied, as one HTTP/1.1 POST of its gRPC message, to the HTTP workers' fast path
-  (`service.grpc_service.infer_over_http`), which answers the gRPC message with its status in two headers that
-  nginx sends as the call's trailers;
+  (service/fastpath.py, service/grpc_proxied.py), which answers the gRPC message with its status in two headers
+  that nginx sends as the call's trailers;
 - every other RPC, streams included, is proxied as gRPC (`grpc_pass`) to the workers' grpcio servers, which
   listen on a loopback port of their own.
 
@@ -90,12 +90,10 @@ def _free_loopback_port() -> int:
 
 
 def nginx_config(settings: Settings, upstream: Upstream, folder: Path) -> str:
-    host = settings.grpc_host or settings.host
-    listen = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+    """nginx's configuration: one process, its temporary files under `folder`, the two upstreams (the HTTP
+    workers, the workers' grpcio servers) and the gRPC server block."""
     http = f"{_loopback(settings.host)}:{settings.port}"
     level = "warn" if settings.log_level.lower() == "debug" else "error"  # warn: every body written to a file
-    too_large = (f"received message larger than max ({settings.max_body_bytes} bytes, the server's "
-                 "--max-body-bytes)")
     return f"""# Written by nnserve at each start: nginx fronts nnserve's gRPC port (service/grpc_frontend.py).
 daemon off;
 master_process off;
@@ -125,7 +123,18 @@ http {{
     server {upstream.grpc_address};
     keepalive 64;
   }}
-  server {{
+{_server_block(settings, upstream)}}}
+"""
+
+
+def _server_block(settings: Settings, upstream: Upstream) -> str:
+    """The gRPC port: ModelInfer to the HTTP workers with the secret header, the rest to grpcio, and gRPC's own
+    answer to a message over the size limit."""
+    host = settings.grpc_host or settings.host
+    listen = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+    too_large = (f"received message larger than max ({settings.max_body_bytes} bytes, the server's "
+                 "--max-body-bytes)")
+    return f"""  server {{
     listen {listen} http2;
     error_page 413 = @too_large;
     location = {MODEL_INFER} {{
@@ -154,7 +163,6 @@ http {{
       return 200;
     }}
   }}
-}}
 """
 
 

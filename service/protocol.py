@@ -1,37 +1,26 @@
 """Open Inference Protocol (V2) request decoding and response encoding, JSON and Triton binary tensors.
 
 Transport-free: takes and returns bytes and plain objects, so the HTTP layer stays thin. Checks against a
-particular model (names, shapes, datatypes) live in runtime.py; this module checks only the protocol's form.
+particular model (names, shapes, datatypes) live in service/checks.py; this module checks only the protocol's form.
+Tensor data is read by service/tensordata.py.
 """
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import json
 import math
 import reprlib
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
-from service.artifact import DATATYPES
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, join_problems
+from service.errors import BadRequest, join_problems
+from service.tensordata import MAX_DIMS, NUMPY_DTYPES, array_from_json, decode_bytes_elements, encode_bytes_elements
 
-NUMPY_DTYPES = {name: np.dtype(dt) for name, dt in DATATYPES.items()}
-# Which numpy kinds a JSON array may arrive as for each V2 datatype ('i'/'u' ints, 'f' floats, 'b' bools).
-ACCEPTED_JSON_KINDS = {
-    **{name: "iu" for name in DATATYPES if name.startswith(("INT", "UINT"))},
-    **{name: "iuf" for name in DATATYPES if name.startswith("FP")},
-    "BOOL": "b",
-}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PARAMETER_TYPES = (str, int, float, bool)
-MAX_DIMS = 8  # no model here has more; bounds the work a shape can ask for before the element count is known
 MAX_NAME_IN_MESSAGE = 64  # characters of a client's tensor name repeated in an error message
 
 _BRIEF = reprlib.Repr()  # a client's value in an error message: bounded in depth and length, whatever was sent
@@ -53,25 +42,6 @@ def brief(value: Any) -> str:
 def clip(name: str) -> str:
     """A client's tensor name as quoted in an error message: at most MAX_NAME_IN_MESSAGE characters."""
     return name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "..."
-
-
-def leaves(data: list, depth: int) -> Any:
-    """The elements of the regular nested list `data` (`depth` levels), row-major, as an iterator that runs in C."""
-    items: Any = data
-    for _ in range(depth - 1):
-        items = itertools.chain.from_iterable(items)
-    return items
-
-
-def element_types(data: list, depth: int) -> set[type]:
-    """The Python types of the elements of `data`, about 20 ns an element. numpy reads [true, 0] as the integers
-    [1, 0] and ["a", 1] as two strings, so what the JSON held is found only on the Python objects."""
-    return set(map(type, leaves(data, depth)))
-
-
-def contains_bool(data: list, depth: int) -> bool:
-    """True when the regular nested list `data` (`depth` levels) holds a JSON true or false."""
-    return bool in element_types(data, depth)
 
 
 @dataclass
@@ -118,103 +88,17 @@ def _check_parameters(where: str, params: Any, problems: list[str]) -> dict:
     return params
 
 
-def _array_from_json(where: str, data: Any, datatype: str, count: int) -> tuple[np.ndarray | None, str | None]:
-    """Turn JSON `data` (flat or nested) into a flat array of `datatype`; return (array, problem)."""
-    if not isinstance(data, list):
-        return None, f"{where}.data: expected a list of numbers, got {type(data).__name__}"
-    try:
-        raw = np.asarray(data)
-    except (ValueError, TypeError):
-        depth, item = 0, data
-        while isinstance(item, list) and item:
-            depth, item = depth + 1, item[0]
-        if depth > MAX_DIMS:
-            return None, f"{where}.data: nested {depth} levels deep; a tensor has at most {MAX_DIMS} dimensions"
-        return None, f"{where}.data: nested lists must be regular (all rows the same length)"
-    if datatype == "BYTES":
-        return _strings_from_json(where, data, raw, count)
-    kinds = ACCEPTED_JSON_KINDS[datatype]
-    if raw.dtype.kind in "fO" and datatype in ("UINT64", "INT64") and raw.size:
-        raw = _wide_integers(data, raw, datatype)  # numpy reads [1, 2**64 - 1] as floats
-    if raw.size and raw.dtype.kind not in kinds:
-        found = {"U": "strings", "O": "non-numbers or numbers out of range", "b": "booleans",
-                 "f": "non-integer numbers", "i": "integers", "u": "integers"}.get(raw.dtype.kind, str(raw.dtype))
-        return None, f"{where}.data: expected {datatype} values, got {found}"
-    if raw.dtype.kind in "iuf" and raw.size and contains_bool(data, raw.ndim):
-        # JSON true/false are BOOL data (V2 datatype BOOL); numpy would have read them as 1 and 0.
-        return None, (f"{where}.data: expected {datatype} values, got booleans (true/false) among the numbers; "
-                      "booleans are data of datatype BOOL")
-    flat = raw.reshape(-1)
-    if flat.size != count:
-        return None, f"{where}.data: shape needs {count} elements, got {flat.size}"
-    target = NUMPY_DTYPES[datatype]
-    if raw.dtype.kind in "iu" and target.kind in "iu":
-        info = np.iinfo(target)
-        if flat.size and (flat.min() < info.min or flat.max() > info.max):
-            return None, f"{where}.data: values out of range for {datatype}"
-    return flat.astype(target, copy=False), None
 
+@dataclass(slots=True)
+class _InputForm:
+    """A request input whose name, shape and datatype were read (valid: all three are usable)."""
 
-def _wide_integers(data: list, raw: np.ndarray, datatype: str) -> np.ndarray:
-    """JSON integers beyond int64 (or mixed with ones that are) as `datatype`, when every element is an integer."""
-    if element_types(data, raw.ndim) != {int}:
-        return raw
-    try:
-        return np.array(data, dtype=NUMPY_DTYPES[datatype])
-    except OverflowError:
-        return raw
-
-
-def _strings_from_json(where: str, data: list, raw: np.ndarray, count: int) -> tuple[np.ndarray | None, str | None]:
-    """BYTES elements given as JSON strings: every element a string."""
-    items = list(leaves(data, raw.ndim))
-    if raw.size and (raw.dtype.kind != "U" or set(map(type, items)) != {str}):
-        found = sorted({type(x).__name__ for x in items if not isinstance(x, str)}) or [raw.dtype.name]
-        return None, f"{where}.data: expected BYTES elements as JSON strings, got {', '.join(found)} among them"
-    if len(items) != count:
-        return None, f"{where}.data: shape needs {count} elements, got {len(items)}"
-    try:
-        "".join(items).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate sent as a \u escape
-        return None, f"{where}.data: a string is not valid Unicode text (a lone surrogate escape)"
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array, None
-
-
-def decode_bytes_elements(chunk: bytes | memoryview, count: int, where: str) -> np.ndarray:
-    """Triton's binary BYTES: each element a 4-byte little-endian length, then that many bytes, row-major.
-
-    ONNX Runtime's string tensors hold text, so each element must be UTF-8; raise BadRequest naming the tensor
-    and the element otherwise, and for lengths past the end or a count that does not match the shape."""
-    size = len(chunk)
-    if count * 4 > size:
-        raise BadRequest(f"{where}: {count} BYTES elements need at least {count * 4} bytes of length prefixes, "
-                         f"the data has {size}")
-    array = np.empty(count, dtype=object)
-    pos = 0
-    for i in range(count):
-        if pos + 4 > size:
-            raise BadRequest(f"{where}: element {i}'s 4-byte length prefix runs past the end of the data")
-        (length,) = struct.unpack_from("<I", chunk, pos)
-        pos += 4
-        if pos + length > size:
-            raise BadRequest(f"{where}: element {i} declares {length} bytes, only {size - pos} are left")
-        try:
-            array[i] = bytes(chunk[pos:pos + length]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"{where}: element {i} is not valid UTF-8; ONNX Runtime's string tensors hold "
-                             "text, so BYTES elements must be UTF-8") from None
-        pos += length
-    if pos != size:
-        raise BadRequest(f"{where}: {size - pos} bytes follow the {count} BYTES elements the shape holds")
-    return array
-
-
-def encode_bytes_elements(array: np.ndarray) -> bytes:
-    """The binary form of a BYTES tensor (str elements as UTF-8, bytes as they are)."""
-    return b"".join(len(b).to_bytes(4, "little") + b for b in (
-        x if isinstance(x, bytes) else str(x).encode("utf-8") for x in array.reshape(-1)))
+    where: str
+    name: Any
+    shape: Any
+    datatype: Any
+    binary_size: int | None
+    valid: bool
 
 
 def decode_infer_request(body: bytes, header_length: int | None = None,
@@ -224,27 +108,8 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
     Raises BadRequest listing every problem with the request's form. Problems with tensor data are kept
     in `InferRequest.problems` so that they are reported together with the model's own checks.
     """
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise BadRequest(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
-        if header_length == 0:
-            raise BadRequest("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
-                             "send a JSON header that describes the inputs")
-        header, binary = body[:header_length], memoryview(body)[header_length:]
-    else:
-        header, binary = body, memoryview(b"")
-    try:
-        req = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        try:  # Python's parser also reads NaN and Infinity, so that the check below can name the input
-            req = json.loads(header)
-        except RecursionError:
-            raise BadRequest("request body is not valid JSON: nested too deeply") from None
-        except (UnicodeDecodeError, ValueError):
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(req, dict):
-        raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
-
+    header, binary = _split_body(body, header_length)
+    req = _parse_header(header)
     problems: list[str] = []
     data_problems: list[str] = []
     request_id = req.get("id")
@@ -252,146 +117,160 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
         problems.append(f"id: expected a string, got {type(request_id).__name__}")
     params = _check_parameters("request", req.get("parameters"), problems)
     binary_default = params.get("binary_data_output") is True
+    inputs = _decode_inputs(req.get("inputs"), binary, max_elements, problems, data_problems)
+    outputs = _decode_outputs(req.get("outputs"), binary_default, problems)
+    if problems:
+        raise BadRequest("invalid inference request: " + join_problems(problems))
+    return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
 
-    raw_inputs = req.get("inputs")
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+    """(the JSON header, the binary data after it)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if header_length < 0 or header_length > len(body):
+        raise BadRequest(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+    if header_length == 0:
+        raise BadRequest("raw binary requests (Inference-Header-Content-Length: 0) are not supported; "
+                         "send a JSON header that describes the inputs")
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def _parse_header(header: bytes) -> dict:
+    """The JSON header as an object; BadRequest when it is not valid JSON or not an object."""
+    try:
+        req = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        try:  # Python's parser also reads NaN and Infinity, so that the model's checks can name the input
+            req = json.loads(header)
+        except RecursionError:
+            raise BadRequest("request body is not valid JSON: nested too deeply") from None
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise BadRequest(f"request body: expected a JSON object, got {type(req).__name__}")
+    return req
+
+
+def _decode_inputs(raw_inputs: Any, binary: memoryview, max_elements: int, problems: list[str],
+                   data_problems: list[str]) -> list[RequestInput]:
+    """The request's inputs, taking each one's binary data from `binary` in order."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         problems.append(f"inputs: expected a non-empty list of tensors, got {brief(raw_inputs)}")
         raw_inputs = []
     inputs: list[RequestInput] = []
     offset = 0
     for i, tensor in enumerate(raw_inputs):
-        where = f"inputs[{i}]"
-        if not isinstance(tensor, dict):
-            problems.append(f"{where}: expected an object with name, shape, datatype and data")
+        form = _input_form(i, tensor, problems)
+        if form is None:
             continue
-        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-        if isinstance(name, str) and name:
-            where = f"input '{clip(name)}'"
-        else:
-            problems.append(f"{where}.name: expected a non-empty string, got {brief(name)}")
-        if not _is_shape(shape):
-            problems.append(f"{where}.shape: expected a list of at most {MAX_DIMS} non-negative integers, "
-                            f"got {brief(shape)}")
-        if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
-            problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {brief(datatype)}")
-        tparams = _check_parameters(where, tensor.get("parameters"), problems)
-        size = tparams.get("binary_data_size")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            problems.append(f"{where}.parameters.binary_data_size: expected a non-negative integer, got {brief(size)}")
-            continue
-        if size is not None and "data" in tensor:
-            problems.append(f"{where}: has both 'data' and binary_data_size; send one of them")
-            continue
-        if size is None and "data" not in tensor:
-            problems.append(f"{where}.data: required (or parameters.binary_data_size with binary data)")
-            continue
-        if size is not None:
+        chunk = None
+        if form.binary_size is not None:
+            size = form.binary_size
             chunk = binary[offset:offset + size]
             offset += size
             if len(chunk) < size:
-                problems.append(f"{where}.parameters.binary_data_size: {size} bytes declared, "
+                problems.append(f"{form.where}.parameters.binary_data_size: {size} bytes declared, "
                                 f"only {len(chunk)} left in the body")
                 continue
-        if not (isinstance(name, str) and _is_shape(shape) and isinstance(datatype, str) and datatype in NUMPY_DTYPES):
-            continue
-        count = math.prod(shape)
-        if count > max_elements:
-            problems.append(f"{where}.shape: {shape} holds {count} elements, more than the limit of {max_elements}")
-            continue
-        if max(shape, default=0) > max_elements:  # e.g. [0, 10**9, 10**9]: no elements, but numpy cannot shape it
-            problems.append(f"{where}.shape: {shape} has a dimension over the limit of {max_elements} elements")
-            continue
-        if size is not None and datatype == "BYTES":
-            try:
-                array, problem = decode_bytes_elements(chunk, count, where), None
-            except BadRequest as exc:
-                array, problem = None, exc.message
-        elif size is not None:
-            dtype = NUMPY_DTYPES[datatype]
-            if size != count * dtype.itemsize:
-                array, problem = None, (f"{where}.parameters.binary_data_size: shape {shape} of {datatype} "
-                                        f"needs {count * dtype.itemsize} bytes, got {size}")
-            else:
-                array, problem = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")), None
-        else:
-            array, problem = _array_from_json(where, tensor["data"], datatype, count)
-        if problem:
-            data_problems.append(problem)
-        inputs.append(RequestInput(name, datatype, shape, None if array is None else array.reshape(shape)))
+        if form.valid:
+            decoded = _input_data(form, tensor, chunk, max_elements, problems, data_problems)
+            if decoded is not None:
+                inputs.append(decoded)
     if offset < len(binary):
         problems.append(f"body: {len(binary) - offset} bytes of binary data follow the inputs "
                         "that no binary_data_size accounts for")
+    return inputs
 
-    outputs = None
-    raw_outputs = req.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            problems.append(f"outputs: expected a list, got {type(raw_outputs).__name__}")
+
+def _input_form(i: int, tensor: Any, problems: list[str]) -> _InputForm | None:
+    """Check one input's name, shape, datatype and where its data is; None when it has no data to read."""
+    where = f"inputs[{i}]"
+    if not isinstance(tensor, dict):
+        problems.append(f"{where}: expected an object with name, shape, datatype and data")
+        return None
+    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+    if isinstance(name, str) and name:
+        where = f"input '{clip(name)}'"
+    else:
+        problems.append(f"{where}.name: expected a non-empty string, got {brief(name)}")
+    shape_ok = _is_shape(shape)
+    if not shape_ok:
+        problems.append(f"{where}.shape: expected a list of at most {MAX_DIMS} non-negative integers, "
+                        f"got {brief(shape)}")
+    datatype_ok = isinstance(datatype, str) and datatype in NUMPY_DTYPES
+    if not datatype_ok:
+        problems.append(f"{where}.datatype: expected one of {sorted(NUMPY_DTYPES)}, got {brief(datatype)}")
+    size = _check_parameters(where, tensor.get("parameters"), problems).get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        problems.append(f"{where}.parameters.binary_data_size: expected a non-negative integer, got {brief(size)}")
+        return None
+    if size is not None and "data" in tensor:
+        problems.append(f"{where}: has both 'data' and binary_data_size; send one of them")
+        return None
+    if size is None and "data" not in tensor:
+        problems.append(f"{where}.data: required (or parameters.binary_data_size with binary data)")
+        return None
+    return _InputForm(where, name, shape, datatype, size, isinstance(name, str) and shape_ok and datatype_ok)
+
+
+def _input_data(form: _InputForm, tensor: dict, chunk: memoryview | None, max_elements: int, problems: list[str],
+                data_problems: list[str]) -> RequestInput | None:
+    """The input with its data decoded (None as the array when the data has a problem); None over the limits."""
+    where, shape, datatype = form.where, form.shape, form.datatype
+    count = math.prod(shape)
+    if count > max_elements:
+        problems.append(f"{where}.shape: {shape} holds {count} elements, more than the limit of {max_elements}")
+        return None
+    if max(shape, default=0) > max_elements:  # e.g. [0, 10**9, 10**9]: no elements, but numpy cannot shape it
+        problems.append(f"{where}.shape: {shape} has a dimension over the limit of {max_elements} elements")
+        return None
+    if chunk is not None and datatype == "BYTES":
+        try:
+            array, problem = decode_bytes_elements(chunk, count, where), None
+        except BadRequest as exc:
+            array, problem = None, exc.message
+    elif chunk is not None:
+        dtype = NUMPY_DTYPES[datatype]
+        if form.binary_size != count * dtype.itemsize:
+            array, problem = None, (f"{where}.parameters.binary_data_size: shape {shape} of {datatype} "
+                                    f"needs {count * dtype.itemsize} bytes, got {form.binary_size}")
         else:
-            outputs = []
-            seen = set()
-            for i, out in enumerate(raw_outputs):
-                if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-                    problems.append(f"outputs[{i}]: expected an object with a string 'name'")
-                    continue
-                where = f"output '{clip(out['name'])}'"
-                if out["name"] in seen:
-                    problems.append(f"outputs[{i}]: {where} is requested more than once")
-                    continue
-                seen.add(out["name"])
-                oparams = _check_parameters(where, out.get("parameters"), problems)
-                top_k = oparams.get("classification", 0)
-                if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-                    problems.append(f"{where}.parameters.classification: expected a positive "
-                                    f"integer (top-k), got {brief(top_k)}")
-                    continue
-                binary_flag = oparams.get("binary_data", binary_default)
-                outputs.append(RequestedOutput(out["name"], binary_flag is True, top_k))
-    if problems:
-        raise BadRequest("invalid inference request: " + join_problems(problems))
-    return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
+            array, problem = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")), None
+    else:
+        array, problem = array_from_json(where, tensor["data"], datatype, count)
+    if problem:
+        data_problems.append(problem)
+    return RequestInput(form.name, datatype, shape, None if array is None else array.reshape(shape))
 
 
-def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """Undo the request's Content-Encoding header (None: absent), gzip or deflate (a zlib stream), refusing output
-    over `limit` bytes (a zip bomb).
-
-    An empty value is refused (415) like an unknown one: granian hands the app an empty string for a value with
-    bytes outside visible ASCII, which is no content coding either, and must not pass for 'identity'."""
-    if content_encoding is None:
-        return body
-    encoding = content_encoding.strip(" \t").lower()
-    if not encoding:
-        raise UnsupportedMediaType("Content-Encoding is empty or not ASCII; send gzip, deflate or identity")
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported; "
-                                   "send gzip, deflate or identity")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"request body is not valid {encoding} data ({exc})") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"request body decompresses to more than the limit of {limit} bytes")
-    if not inflater.eof:
-        raise BadRequest(f"request body is truncated {encoding} data")
-    if inflater.unused_data:  # silently dropping what follows would answer a request the client did not send
-        raise BadRequest(f"request body has {len(inflater.unused_data)} bytes after the end of its {encoding} "
-                         "data (one stream expected)")
-    return data
-
-
-def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
-    """Compress a response as the client's Accept-Encoding asks (gzip or deflate), else leave it as is."""
-    accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")
-                if not part.replace(" ", "").lower().endswith(("q=0", "q=0.0", "q=0.00", "q=0.000"))}
-    if "gzip" in accepted:
-        return gzip.compress(body, compresslevel=1), "gzip"
-    if "deflate" in accepted:
-        return zlib.compress(body, 1), "deflate"
-    return body, None
+def _decode_outputs(raw_outputs: Any, binary_default: bool, problems: list[str]) -> list[RequestedOutput] | None:
+    """The outputs asked for (None: every output), each with its encoding and classification count."""
+    if raw_outputs is None:
+        return None
+    if not isinstance(raw_outputs, list):
+        problems.append(f"outputs: expected a list, got {type(raw_outputs).__name__}")
+        return None
+    outputs = []
+    seen = set()
+    for i, out in enumerate(raw_outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            problems.append(f"outputs[{i}]: expected an object with a string 'name'")
+            continue
+        where = f"output '{clip(out['name'])}'"
+        if out["name"] in seen:
+            problems.append(f"outputs[{i}]: {where} is requested more than once")
+            continue
+        seen.add(out["name"])
+        oparams = _check_parameters(where, out.get("parameters"), problems)
+        top_k = oparams.get("classification", 0)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+            problems.append(f"{where}.parameters.classification: expected a positive "
+                            f"integer (top-k), got {brief(top_k)}")
+            continue
+        binary_flag = oparams.get("binary_data", binary_default)
+        outputs.append(RequestedOutput(out["name"], binary_flag is True, top_k))
+    return outputs
 
 
 def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from importlib import resources
 
 from flask import Blueprint, Response, current_app, g, request
 
+from service import handlers
+from service.auth import authorize
+from service.compression import decompress
 from service.dataplane import DataPlane
-from service.errors import BadRequest, Forbidden, Unauthorized
-from service.fastpath import infer_http
-from service.protocol import HEADER_LENGTH, PARAMETER_TYPES, brief, decompress
+from service.errors import BadRequest
+from service.protocol import HEADER_LENGTH, PARAMETER_TYPES, brief
 
 bp = Blueprint("v2", __name__)
 OPENAPI = resources.files(__package__).joinpath("openapi.json").read_bytes()
@@ -33,14 +34,11 @@ def server_metadata():
 
 
 @bp.get("/v2/health/live")
-def live():
-    return json_response({"live": True})
-
-
 @bp.get("/v2/health/ready")
-def ready():
-    is_ready = _plane().ready()
-    return json_response({"ready": is_ready}, 200 if is_ready else 503)
+def health():
+    """Reached only for what the fast path passes on (HEAD): the same handler."""
+    status, payload = handlers.health(_plane(), request.path)
+    return Response(payload, status=status, mimetype="application/json")
 
 
 @bp.get("/v2/models")
@@ -75,9 +73,10 @@ def _note_model(model) -> None:
 def infer(name: str, version: str | None = None):
     """Reached only where the fast path passes (no Content-Length and not chunked, or a body over the limit,
     which get_data refuses with 413): the same handler."""
-    payload, headers, model = infer_http(_plane(), name, version, request.get_data(cache=False),
-                                         request.headers.get(HEADER_LENGTH), request.headers.get("Content-Encoding"),
-                                         request.headers.get("Accept-Encoding"))
+    sent = request.headers
+    payload, headers, model = handlers.infer(_plane(), name, version, request.get_data(cache=False),
+                                             sent.get(HEADER_LENGTH), sent.get("Content-Encoding"),
+                                             sent.get("Accept-Encoding"))
     _note_model(model)
     response = Response(payload)
     for key, value in headers:
@@ -108,14 +107,8 @@ def predict(name: str):
 
 def _authorize() -> None:
     """The repository calls change what is served: they need the operator's bearer token."""
-    token = _plane().settings.repository_token
-    if not token:
-        raise Forbidden("the model repository extension is disabled: the operator has not set "
-                        "NNSERVE_REPOSITORY_TOKEN")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized("the repository extension needs the header 'Authorization: Bearer <token>' "
-                           "with the operator's token")
+    authorize(request.headers.get("Authorization", ""), _plane().settings.repository_token,
+              "the repository extension needs the header 'Authorization: Bearer <token>' with the operator's token")
 
 
 def _json_body(optional: bool = True) -> dict:
@@ -155,11 +148,7 @@ def repository_index():
 @bp.post("/v2/repository/models/<name>/load")
 def repository_load(name: str):
     _authorize()
-    params = _repository_parameters(_json_body())
-    if "config" in params or any(k.startswith("file:") for k in params):
-        raise BadRequest("loading a model from a config or files in the request is not supported; "
-                         "publish the version into the repository, then call load")
-    _plane().load_model(name)
+    _plane().load_model(name, _repository_parameters(_json_body()))
     return json_response({})
 
 

@@ -193,12 +193,15 @@ def preload() -> None:
     import numpy  # noqa: F401
     import orjson  # noqa: F401
 
+    import service.autocomplete  # noqa: F401
     import service.batching  # noqa: F401
+    import service.checks  # noqa: F401
+    import service.compression  # noqa: F401
     import service.metrics  # noqa: F401
-    import service.modelconfig  # noqa: F401
     import service.onnxfile  # noqa: F401
     import service.protocol  # noqa: F401
     import service.statistics  # noqa: F401
+    import service.warmup  # noqa: F401
     gc.freeze()
 
 

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def shipped_models(root: Path) -> Path:
     """The model repository as git ships it: the tracked files of `root/models`, copied once per test session.
 
-    Users publish their own models and new versions into models/ (the README shows how); the tests check what the
-    project ships, so what a user added there changes nothing they see. Outside a git checkout (an unpacked archive,
-    an image) models/ is taken as it is."""
+    Users may publish their own models and new versions into models/ (`export --models models`); the tests check the
+    repository the project ships, so what a user added there changes nothing they see. Outside a git checkout (an
+    unpacked archive, an image) models/ is taken as it is."""
     try:
         listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", "models"], capture_output=True,
                                 check=True, timeout=30).stdout.decode()
@@ -66,7 +66,8 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_repo(tmp_path_factory, trained_run) -> Path:
     """A repository holding the trained run as digits-mlp version 1 and again as version 2."""
-    from training.export import export_run, publish
+    from training.export import export_run
+    from training.publish import publish
 
     repo = tmp_path_factory.mktemp("repo")
     exported, resolved, summary = export_run(trained_run)
@@ -79,6 +80,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition", interval: float = 0.02):
+    """Poll `condition()` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def send(port: int, method: str, path: str, data: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:

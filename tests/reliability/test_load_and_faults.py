@@ -6,6 +6,7 @@ build/reliability/<test>.json and prints them; the README's reliability table qu
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
@@ -13,13 +14,12 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bench.run import tree_memory
-from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server, worker_pids
+from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server, wait_until, worker_pids
 from tests.service.test_server import sample_value
 
 pytestmark = pytest.mark.reliability
@@ -176,19 +176,43 @@ def index(server) -> list[dict]:
 
 
 def wait_for(predicate, timeout: float = 30, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=0.2)
+
+
+def wait_for_load(server, requests: int = 200) -> None:
+    """Wait until the server has answered `requests` more inference requests: wrk is connected and busy."""
+    def answered() -> float:
+        return sample_value(server.metrics(), "nnserve_inference_requests_total", outcome="success")
+
+    before = answered()
+    wait_for(lambda: answered() >= before + requests, what=f"{requests} requests of the load answered")
+
+
+def accepted(server, client_ports: set[int]) -> bool:
+    """True when a worker process holds the server side of every connection from `client_ports`."""
+    inodes = set()
+    for pid in worker_pids(server.process.pid):
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    held = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if local == server.port and remote in client_ports and fields[3] == "01" and fields[9] in inodes:
+                held.add(remote)
+    return held == client_ports
 
 
 def test_hot_reload_under_load(server, tmp_path):
     """A good version goes live and three corrupt ones are refused while wrk runs: no request fails."""
     load = Load(server, tmp_path / "wrk", ["digits-mlp", "digits-cnn", "co2-lstm"], seconds=25)
-    time.sleep(3)
+    wait_for_load(server)
     good = publish_copy(server.repo, "digits-mlp")  # picked up by the watcher (poll every second), no call
     wait_for(lambda: server.json("GET", "/v2/models/digits-mlp")[1].get("versions") == ["1", str(good)],
              what="the watcher to serve the new version")
@@ -220,8 +244,10 @@ def test_hot_reload_under_load(server, tmp_path):
 def test_kill_9_one_worker_under_load(server, tmp_path):
     """The server starts a new worker; only the requests on the killed worker's connections may fail."""
     load = Load(server, tmp_path / "wrk", ALL_MODELS, seconds=20)
-    time.sleep(5)
+    wait_for_load(server)
     before = worker_pids(server.process.pid)
+    wait_for(lambda: sum(connections_of(pid, server.port)["established"] for pid in before) == CONNECTIONS,
+             what=f"all {CONNECTIONS} connections of the load accepted")
     held_by = {pid: connections_of(pid, server.port) for pid in before}
     victim = max(before, key=lambda pid: held_by[pid]["established"])  # gthread may hold them all in one worker
     held = held_by.pop(victim)
@@ -256,27 +282,34 @@ def test_sigterm_under_load_fails_no_request_in_flight(kind, repo, tmp_path):
     (its access log counts what it handled; wrk counts what it received), then the server exits 0."""
     server = serve(kind, repo, tmp_path, "--access-log")
     load = Load(server, tmp_path / "wrk", ["digits-mlp", "digits-cnn"], seconds=15)
-    time.sleep(3)
+    wait_for_load(server)
     # A batch of 256 long sequences: each such request takes a good part of a second under this load.
     body = json.dumps({"inputs": [{"name": "input", "shape": [256, 64, 8], "datatype": "FP32",
                                    "data": [float(k % 17) for k in range(256 * 64 * 8)]}]}).encode()
     results: list = []
+    sent: list[int] = []  # the local port of each probe whose request went out whole
 
     def probe():
-        req = urllib.request.Request(f"http://{server.url}/v2/models/digits-transformer/infer", data=body,
-                                     method="POST", headers={"Content-Type": "application/json"})
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         started = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                results.append((resp.status, time.monotonic() - started))
+            conn.request("POST", "/v2/models/digits-transformer/infer", body,
+                         {"Content-Type": "application/json"})
+            sent.append(conn.sock.getsockname()[1])
+            response = conn.getresponse()
+            response.read()
+            results.append((response.status, time.monotonic() - started))
         except Exception as err:  # noqa: BLE001 - any failure is what this test counts
             results.append((repr(err), time.monotonic() - started))
+        finally:
+            conn.close()
 
     probes = [threading.Thread(target=probe) for _ in range(8)]
     try:
         for t in probes:
             t.start()
-        time.sleep(0.3)  # sent, accepted and running
+        wait_until(lambda: len(sent) == 8 and accepted(server, set(sent)),
+                   what="the 8 slow requests sent whole and accepted by the workers")
         in_flight = sample_value(server.metrics(), "nnserve_inference_requests_in_flight")
         server.process.send_signal(signal.SIGTERM)
         for t in probes:

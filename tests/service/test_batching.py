@@ -14,7 +14,8 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.batching import BESIDE_BELOW_SECONDS, Batcher, BatchingConfig, QueueFull, batching_config
-from service.modelconfig import dynamic_batching, parse_pbtxt
+from service.configfile import dynamic_batching
+from service.pbtxt import parse_pbtxt
 from service.runtime import load_model
 from tests.conftest import start_server
 

@@ -87,7 +87,7 @@ def test_load_and_unload_calls_from_different_workers_are_all_applied(tmp_path):
     b.load("digits-cnn")
     assert b.names() == ["digits-cnn"] and a.names() == ["digits-cnn"]
     b.load("digits-mlp")
-    a._apply_control()  # what A's watcher does within 0.2 s
+    a.workers.apply_control()  # what A's watcher does within 0.2 s
     assert a.names() == b.names() == ["digits-cnn", "digits-mlp"]
 
 

@@ -469,7 +469,8 @@ def test_check_validates_a_repository_of_models_from_elsewhere(tmp_path):
 
 # -- the parts, one by one ----------------------------------------------------------------------------------------
 def test_the_pbtxt_reader_takes_what_protobufs_text_format_writes_and_names_what_it_cannot_read():
-    from service.modelconfig import ConfigError, parse_pbtxt
+    from service.errors import ConfigError
+    from service.pbtxt import parse_pbtxt
 
     fields = parse_pbtxt('# a comment\nname: "caf\\303\\251" input < name: "x" dims: [ 1, -1 ] > '
                          'input { name: \'y\' dims: 2 dims: 3 }; parameters { key: "k" value { string_value: "\\x41" } }')

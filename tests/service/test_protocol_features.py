@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from service import artifact
-from tests.conftest import SHIPPED_MODELS, start_server
+from tests.conftest import SHIPPED_MODELS, start_server, wait_until
 
 MODELS = artifact.list_models(SHIPPED_MODELS)
 
@@ -139,12 +139,8 @@ def test_request_id_is_echoed_and_logged_as_json(shipped_server):
     assert len(generated) == 32
     bad = shipped_server.request("GET", "/v2/health/live", headers={"X-Request-ID": "x" * 300})[1]["X-Request-ID"]
     assert bad != "x" * 300
-    deadline = time.monotonic() + 5
-    lines = []
-    while time.monotonic() < deadline and not lines:
-        lines = [json.loads(line) for line in shipped_server.log.read_text().splitlines()
-                 if line.startswith('{"request_id":"client-42"')]
-        time.sleep(0.1)
+    lines = wait_until(lambda: [json.loads(line) for line in shipped_server.log.read_text().splitlines()
+                                if line.startswith('{"request_id":"client-42"')], timeout=5, what="the access log line")
     assert lines[0] == {**lines[0], "status": 200, "model": "digits-mlp", "version": "1", "method": "POST",
                         "route": "/v2/models/<name>/infer"}
     assert "data" not in json.dumps(lines[0]) and lines[0]["duration_ms"] > 0
@@ -199,10 +195,10 @@ def test_sigterm_under_load_finishes_in_flight_requests(tmp_path, server, lost_a
     threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(results["ok"]) > 50, what="the clients' first answers")
     srv.process.send_signal(signal.SIGTERM)
     code = srv.process.wait(timeout=40)
-    time.sleep(0.2)
+    wait_until(lambda: results["refused"] > 0, timeout=10, what="a client to find the listener closed")
     stop.set()
     for t in threads:
         t.join(15)

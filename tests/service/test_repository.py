@@ -12,7 +12,7 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server
+from tests.conftest import CORRUPTIONS, ROOT, SHIPPED_MODELS, publish_copy, start_server, wait_until
 from tests.service.test_server import sample_value
 
 TOKEN = "s3cret-token"
@@ -78,13 +78,13 @@ def test_repository_calls_need_the_operators_token(server, exported_repo, tmp_pa
 def test_load_of_a_new_version_under_load_fails_no_request(server, repo):
     loop = ClientLoop(server)
     loop.start()
-    time.sleep(0.5)
+    wait_until(lambda: len(loop.versions) >= 10, what="the client's first answers, from version 2")
     version = publish_copy(repo, source_version=2)
     client = httpclient.InferenceServerClient(server.url)
     client.load_model("digits-mlp", headers=AUTH)  # returns once every worker serves it
     answers = [server.json("POST", "/v2/models/digits-mlp/infer", raw=loop.body)[1]["model_version"]
                for _ in range(20)]
-    time.sleep(0.3)
+    wait_until(lambda: "3" in loop.versions, what="the client to be answered by version 3")
     loop.stop()
     assert version == 3 and set(answers) == {"3"}
     assert loop.failures == [] and "2" in loop.versions and "3" in loop.versions
@@ -129,12 +129,11 @@ def test_hot_reload_picks_up_a_new_version(repo, tmp_path):
     srv = start_server(repo, tmp_path, "--workers", "2", "--poll-seconds", "0.3")
     try:
         publish_copy(repo, source_version=2)
-        deadline = time.monotonic() + 15
-        seen = set()
-        while time.monotonic() < deadline and seen != {"3"}:
-            seen = {srv.json("GET", "/v2/models/digits-mlp")[1]["parameters"]["version"] for _ in range(6)}
-            time.sleep(0.1)
-        assert seen == {"3"}
+
+        def versions_seen():
+            return {srv.json("GET", "/v2/models/digits-mlp")[1]["parameters"]["version"] for _ in range(6)}
+
+        assert wait_until(lambda: versions_seen() == {"3"}, timeout=15, what="every worker to serve version 3")
     finally:
         srv.stop()
 

@@ -14,7 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import start_server
 from training.tasks import ServedModel
-from training.trainer import config_of, load_trained, prepare
+from training.prepare import prepare
+from training.runs import config_of, load_trained
 
 
 @pytest.fixture(scope="module")
