@@ -5,7 +5,7 @@
 #   trainer            runtime + training/ + torch (CPU) for `python -m training retrain` against a mounted repository
 # Build:  podman build --format docker --network host -t nnserve .         (or docker build -t nnserve .)
 # Run:    podman run -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 nnserve      (HTTP, gRPC)
-# The README's Deploy section has the rest (an outside repository, compose, Kubernetes, KServe, GPU).
+# docs/deploy.md has the rest (an outside repository, compose, Kubernetes, KServe, GPU).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -7,7 +7,7 @@ SERVE_VENV := .venv
 DEV_VENV := .venv-dev
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-container test-monitoring test-reliability test-gpu audit image image-trainer lock clean help
+.PHONY: serve test test-container test-monitoring test-reliability test-gpu audit image image-trainer lock clean help docs
 
 help:
 	@echo "make serve   run the service on $(HOST):$(PORT) with the repository $(MODELS)/ (serving install only, no torch)"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-gpu the CUDA path on an NVIDIA GPU: .venv-gpu, serve, refuse, train, bench (exit 77 without a GPU)"
 	@echo "make audit   pip-audit over requirements/*.lock (needs pypi.org's JSON API or api.osv.dev)"
 	@echo "make lock    refresh requirements/*.lock from the current environments"
+	@echo "make docs    regenerate the docs' tables from the code and build the site into build/site (strict)"
 
 # The serving environment: only the `serve` extra, with the versions of requirements/serve.lock.
 $(SERVE_VENV)/.installed: pyproject.toml requirements/serve.lock
@@ -101,6 +102,11 @@ audit: $(DEV_VENV)/.installed
 lock:
 	$(SERVE_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^nnserve' > requirements/serve.lock
 	$(DEV_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^nnserve' | sed 's/+cpu$$//' > requirements/dev.lock
+
+# The documentation site (mkdocs.yml): the generated tables rewritten from the code, then a strict MkDocs build.
+docs: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(DEV_VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf $(SERVE_VENV) $(DEV_VENV) .venv-pytriton build *.egg-info .pytest_cache

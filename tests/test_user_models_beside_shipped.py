@@ -1,4 +1,5 @@
-"""A user who publishes into the checkout's models/, as the README shows, still gets a green test suite.
+"""A user who publishes into the checkout's models/ (`export --models models`, `zoo --models models`) still gets a
+green test suite.
 
 The tests check the repository as git ships it (tests.conftest.shipped_models), not whatever models/ holds."""
 

@@ -193,7 +193,7 @@ def test_sigterm_under_load_finishes_requests_and_exits_0(image):
         code = podman("inspect", box.name, "--format", "{{.State.ExitCode}}").stdout.strip()
         assert code == "0", box.logs()
         # granian closes its listener at once: a connection made just before can be reset (at most one per
-        # client, README "The service"); anything else is a failure.
+        # client, docs/serving.md, "How it runs"); anything else is a failure.
         cut = [o for o in outcomes["other"] if "Broken pipe" in o or "reset" in o.lower()]
         assert outcomes["ok"] > 20 and len(cut) <= len(threads) and len(cut) == len(outcomes["other"]), outcomes
     finally:
