@@ -105,6 +105,7 @@ def settings_table() -> str:
 
 
 def metrics_table() -> str:
+    from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
     from service.metrics import Metrics
@@ -115,6 +116,11 @@ def metrics_table() -> str:
             name = collector._name + ("_total" if collector._type == "counter" else "")
             labels = ", ".join(f"`{label}`" for label in collector._labelnames) or "-"
             rows.append([f"`{name}`", collector._type, labels, cell(collector._documentation)])
+        elif hasattr(collector, "collect") and not isinstance(collector, CollectorRegistry):  # a custom collector
+            for family in collector.collect():
+                name = family.name + ("_total" if family.type == "counter" else "")
+                labels = ", ".join(f"`{label}`" for label in getattr(family, "_labelnames", ())) or "-"
+                rows.append([f"`{name}`", family.type, labels, cell(family.documentation)])
     return table(["Metric", "Type", "Labels", "Help"], rows)
 
 

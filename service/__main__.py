@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "larger models are refused before loading (default 4 GiB)")
     parser.add_argument("--share-weights-bytes", type=int, help="models whose stored tensors declare at least this "
                         "many bytes run from memory-mapped weights the workers share (default 64 MiB; 0 = never)")
+    parser.add_argument("--max-sequences", type=int, help="live sequences a stateful model version keeps at most "
+                        "(default 1024); a sequence start beyond them gets 503")
     parser.add_argument("--poll-seconds", type=float, help="hot reload: rescan the repository this often for new "
                         "versions (default 5; 0 = only on load calls)")
     parser.add_argument("--access-log", action="store_true", default=None,

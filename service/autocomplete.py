@@ -10,17 +10,22 @@ The rules are those of Triton's ONNX Runtime backend (triton-inference-server/on
   A non-zero max_batch_size on a model that cannot batch is refused.
 - With max_batch_size > 0, `dims` leave out the batch dimension. A per-sample scalar is `dims: [1]` with
   `reshape { shape: [] }`.
+- A stateful model (`sequence_batching`) gets no dynamic batching; its control and state inputs, and its state
+  outputs, are fed and kept by the server (service/sequence_config.py), so they are not the model's inputs and
+  outputs in the configuration.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from service.configfile import (default_filename, dynamic_batching, one, parameters, read_tensor, version_policy,
                                 warmup_samples)
 from service.errors import ConfigError
 from service.modelconfig import (BACKEND, DEFAULT_MAX_BATCH_SIZE, IGNORED_FIELDS, KNOWN_FIELDS, PLATFORM,
                                  SERVED_TYPES, UNSUPPORTED_FIELDS, GraphTensor, ModelConfig, TensorConfig)
+from service.sequence_config import read_sequence_batching
 
 
 def _can_batch(tensors: list[GraphTensor]) -> bool:
@@ -123,10 +128,50 @@ def _validate(kind: str, given: list[TensorConfig], graph: list[GraphTensor], ma
         _compare_dims(model, tensor, node.shape, max_batch_size, exact=kind == "output")
 
 
+def _sequence(fields: dict, folder: str, model_dir: Path | None, graph_inputs: list[GraphTensor],
+              graph_outputs: list[GraphTensor], listed_outputs: set[str]):
+    """(the sequence_batching block, the graph inputs and outputs the client sees): the control and state inputs
+    the server feeds, and the state outputs it keeps (unless config.pbtxt lists them as outputs), left out."""
+    if "sequence_batching" not in fields:
+        return None, graph_inputs, graph_outputs
+    if "dynamic_batching" in fields:
+        raise ConfigError(f"model '{folder}': dynamic_batching and sequence_batching cannot both be given")
+    sequence = read_sequence_batching(one(fields, "sequence_batching", dict, ""), model_dir or Path(folder))
+    inputs, outputs = {t.name: t for t in graph_inputs}, {t.name: t for t in graph_outputs}
+    wanted = [(c.name, c.data_type, "control input") for c in sequence.controls]
+    wanted += [(s.input_name, s.data_type, "state input") for s in sequence.states]
+    for name, data_type, what in wanted:
+        node = inputs.get(name)
+        if node is None:
+            raise ConfigError(f"unable to load model '{folder}', sequence_batching {what} '{name}' is not an input "
+                              f"of the model; its inputs are {sorted(inputs)}")
+        if node.data_type != data_type:
+            raise ConfigError(f"unable to load model '{folder}', sequence_batching {what} '{name}' is "
+                              f"{data_type} in the configuration, the model takes {node.data_type}")
+    for state in sequence.states:
+        node = outputs.get(state.output_name)
+        if node is None or node.data_type != state.data_type:
+            raise ConfigError(f"unable to load model '{folder}', sequence_batching state output "
+                              f"'{state.output_name}' must be an output of the model of {state.data_type}")
+    kept = {s.output_name for s in sequence.states} - listed_outputs
+    return (sequence, [t for t in graph_inputs if t.name not in sequence.extra_inputs],
+            [t for t in graph_outputs if t.name not in kept])
+
+
+def _only_tensors(folder: str, graph_inputs: list[GraphTensor], graph_outputs: list[GraphTensor]) -> None:
+    for tensors, kind in ((graph_inputs, "input"), (graph_outputs, "output")):
+        for tensor in tensors:
+            if tensor.ort_type.startswith(("seq(", "map(", "optional(")):
+                raise ConfigError(f"unable to autofill for '{folder}': {kind} '{tensor.name}' is of type "
+                                  f"{tensor.ort_type}, not a tensor; nnserve serves tensor inputs and outputs only")
+
+
 def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[GraphTensor],
              graph_outputs: list[GraphTensor], default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-             default_version_policy: dict | None = None, overridable: list[GraphTensor] = ()) -> ModelConfig:
-    """Auto-complete a (possibly absent or partial) config.pbtxt from the graph and validate it, as Triton does."""
+             default_version_policy: dict | None = None, overridable: list[GraphTensor] = (),
+             model_dir: Path | None = None) -> ModelConfig:
+    """Auto-complete a (possibly absent or partial) config.pbtxt from the graph and validate it, as Triton does.
+    A stateful model's control and state tensors (sequence_batching) are not the client's inputs and outputs."""
     fields = dict(fields or {})
     unknown = sorted(set(fields) - KNOWN_FIELDS)
     if unknown:
@@ -147,19 +192,17 @@ def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[Gra
     max_batch_size = one(fields, "max_batch_size", int, "", 0)
     if max_batch_size < 0:
         raise ConfigError(f"'max_batch_size' must be non-negative value for {folder}")
-    for tensors, kind in ((graph_inputs, "input"), (graph_outputs, "output")):
-        for tensor in tensors:
-            if tensor.ort_type.startswith(("seq(", "map(", "optional(")):
-                raise ConfigError(f"unable to autofill for '{folder}': {kind} '{tensor.name}' is of type "
-                                  f"{tensor.ort_type}, not a tensor; nnserve serves tensor inputs and outputs only")
+    _only_tensors(folder, graph_inputs, graph_outputs)
     inputs = [read_tensor(t, f"input[{i}]") for i, t in enumerate(fields.get("input", []))]
     outputs = [read_tensor(t, f"output[{i}]") for i, t in enumerate(fields.get("output", []))]
+    sequence, graph_inputs, graph_outputs = _sequence(fields, folder, model_dir, graph_inputs, graph_outputs,
+                                                      {t.name for t in outputs})
     batching = dynamic_batching(fields)
     if not (inputs and outputs):  # Triton auto-completes only when a side is missing
         if _can_batch(graph_inputs + graph_outputs):
             if max_batch_size == 0:
                 max_batch_size = default_max_batch_size
-            if max_batch_size > 1 and batching is None:
+            if max_batch_size > 1 and batching is None and sequence is None:
                 batching = {}
         elif max_batch_size != 0:
             raise ConfigError(f"autofill failed for model '{folder}': model does not support batching while "
@@ -179,5 +222,6 @@ def complete(fields: dict[str, list] | None, folder: str, graph_inputs: list[Gra
     return ModelConfig(name=folder, max_batch_size=max_batch_size, inputs=inputs, outputs=outputs,
                        version_policy=version_policy(fields) or default_version_policy or {"latest": {"num_versions": 1}},
                        dynamic_batching=batching, parameters=parameters(fields),
-                       model_warmup=warmup_samples(fields), default_model_filename=filename, ignored=ignored)
+                       model_warmup=warmup_samples(fields), default_model_filename=filename, ignored=ignored,
+                       sequence_batching=sequence)
 

@@ -17,12 +17,14 @@ from service.tensordata import ACCEPTED_JSON_KINDS, NUMPY_DTYPES, contains_bool,
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.stateful import run_step
 
 MAX_SAMPLE_ELEMENTS = 65536  # elements of one sample, times the --max-batch-size cap: a request's element cap
 T = TypeVar("T")
 Result = tuple[str, str, np.ndarray, bool]  # an output: name, V2 datatype, values, binary (HTTP only)
 # Triton's names of the extensions implemented (and only those)
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "statistics",
+              "sequence", "sequence(string_id)"]
 
 
 class DataPlane:
@@ -101,7 +103,7 @@ class DataPlane:
                 wanted = [(n, request.binary_default, 0) for n in model.output_names]
             else:
                 wanted = [(o.name, o.binary, o.classification) for o in request.outputs]
-            values = self._run(model, feed, [n for n, _, _ in wanted], timing)
+            values = self._run(model, feed, [n for n, _, _ in wanted], timing, request)
             results = []
             for output, binary, top_k in wanted:
                 if top_k:
@@ -116,6 +118,9 @@ class DataPlane:
         """The convenience endpoint: {"instances": [...]} in, {"predictions": [...]} in the task's terms out (JSON
         bytes; NaN and Infinity as those literals, as in an infer response)."""
         model = self.registry.get(name)
+        if model.sequences is not None:
+            raise BadRequest(f"model '{name}' keeps state between the requests of a sequence: send them to "
+                             f"/v2/models/{name}/infer with parameters sequence_id, sequence_start and sequence_end")
         with self._observed(model) as timing:
             request = instances_request(model, body)
             feed = check_request(model, request, model.max_batch_size)
@@ -128,14 +133,17 @@ class DataPlane:
             timing["encoded"] = time.perf_counter()
         return payload, model
 
-    def _run(self, model: LoadedModel, feed: dict, outputs: list[str], timing: dict) -> dict:
+    def _run(self, model: LoadedModel, feed: dict, outputs: list[str], timing: dict,
+             request: InferRequest | None = None) -> dict:
+        """Run a checked feed: through the model's batcher, as one step of a sequence (a stateful model: the
+        request's sequence parameters), or on its own."""
         bound = timing["metrics"]
         if model.batcher is not None:  # the batch's runner records its size and compute time
             values, started = model.batcher.run(model, feed, outputs)
             ran = time.perf_counter()
         else:
             started = time.perf_counter()
-            values = model.run(feed, outputs)
+            values = model.run(feed, outputs) if model.sequences is None else run_step(model, request, feed, outputs)
             ran = time.perf_counter()
             timing["samples"] = samples = batch_size_of(feed)
             bound.observe_run(samples, ran - started)

@@ -92,7 +92,8 @@ def decode_grpc_request(message: service_pb2.ModelInferRequest, max_elements: in
             outputs.append(RequestedOutput(out.name, True, top_k))
     if problems:
         raise BadRequest("invalid inference request: " + join_problems(problems))
-    return InferRequest(inputs, outputs, True, message.id or None, data_problems)
+    parameters = {key: _parameter(value) for key, value in message.parameters.items()}
+    return InferRequest(inputs, outputs, True, message.id or None, data_problems, parameters)
 
 
 def _tensor_data(where: str, tensor, chunk: bytes | None, datatype: str, count: int) -> np.ndarray:

@@ -9,6 +9,7 @@ to files there, and /metrics merges them. Labels are bounded: model and version 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.statistics import Statistics
@@ -57,6 +58,8 @@ class Metrics:
         self.grpc_requests = Counter(
             "nnserve_grpc_requests", "gRPC calls by method and status code (a stream counts each of its requests).",
             ["method", "code"], registry=r)
+        self.sequences = SequenceCollector()  # stateful models' sequences, read from their shared tables
+        r.register(self.sequences)
 
     def for_model(self, model: str, version: str) -> "ModelMetrics":
         """The collectors of one model version with their labels bound once (labels() costs on every call)."""
@@ -70,6 +73,7 @@ class Metrics:
         if self.multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(self.sequences)  # the tables are shared by the workers: any worker's view is whole
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
@@ -95,3 +99,26 @@ class ModelMetrics:
         that runs alone counts its execution with its success)."""
         self.observe_run(samples, seconds)
         self.stats.execution(samples)
+
+
+class SequenceCollector:
+    """The sequences of the stateful model versions this worker serves, from their tables (service/sequences.py),
+    which every worker shares: live now, and started, ended and expired since the server started."""
+
+    def __init__(self):
+        self.tables: dict[tuple[str, str], object] = {}  # (model, version) -> SequenceTable, kept by the registry
+
+    def collect(self):
+        labels = ["model", "version"]
+        live = GaugeMetricFamily("nnserve_sequences_live", "Live sequences of a stateful model version.", labels=labels)
+        families = {key: CounterMetricFamily(f"nnserve_sequences_{key}", text, labels=labels) for key, text in (
+            ("started", "Sequences started (a START request), by model version."),
+            ("ended", "Sequences ended by an END request, by model version."),
+            ("expired", "Sequences dropped after max_sequence_idle_microseconds without a request."))}
+        for (model, version), table in list(self.tables.items()):
+            table.reap()
+            counts = table.counts()
+            live.add_metric([model, version], counts["live"])
+            for key, family in families.items():
+                family.add_metric([model, version], counts[key])
+        return [live, *families.values()]

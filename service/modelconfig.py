@@ -37,9 +37,9 @@ SERVED_TYPES = set(DATA_TYPES) - {"TYPE_BF16"}  # numpy has no bfloat16: such a 
 # only to Triton's own scheduling or hardware: they are accepted, said once in the log, and left out of the JSON form.
 IGNORED_FIELDS = ("instance_group", "optimization", "cc_model_filenames", "metric_tags", "model_repository_agent",
                   "response_cache", "model_operations", "model_transaction_policy", "runtime")
-UNSUPPORTED_FIELDS = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
+UNSUPPORTED_FIELDS = ("ensemble_scheduling", "batch_input", "batch_output")
 HONOURED_FIELDS = ("name", "platform", "backend", "version_policy", "max_batch_size", "input", "output",
-                   "dynamic_batching", "parameters", "model_warmup", "default_model_filename")
+                   "dynamic_batching", "sequence_batching", "parameters", "model_warmup", "default_model_filename")
 KNOWN_FIELDS = set(HONOURED_FIELDS + IGNORED_FIELDS + UNSUPPORTED_FIELDS)
 TENSOR_FIELDS = {"name", "data_type", "format", "dims", "reshape", "is_shape_tensor", "allow_ragged_batch",
                  "optional", "label_filename", "is_non_linear_format_io"}
@@ -93,6 +93,10 @@ class ModelConfig:
     model_warmup: list[dict] = field(default_factory=list)
     default_model_filename: str = "model.onnx"
     ignored: list[str] = field(default_factory=list)  # fields that mean something only to Triton
+    sequence_batching: Any = None  # a service.sequence_config.SequenceBatching: a stateful model's controls, states
+
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
 
     def to_json(self, nnserve_parameters: dict[str, str] | None = None, gpu: bool = False) -> dict:
         """Triton's JSON form of the configuration (model_config.proto's field names), as tritonclient reads it;
@@ -108,6 +112,8 @@ class ModelConfig:
         }
         if self.dynamic_batching is not None:
             doc["dynamic_batching"] = _dynamic_batching_json(self.dynamic_batching, self.max_batch_size)
+        if self.sequence_batching is not None:
+            doc["sequence_batching"] = self.sequence_batching.to_json()
         doc.update({"instance_group": [{"name": self.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": 1,
                                         "gpus": [0] if gpu else [],
                                         "secondary_devices": [], "profile": [], "passive": False,

@@ -68,6 +68,7 @@ class InferRequest:
     binary_default: bool = False
     id: str | None = None
     problems: list[str] = field(default_factory=list)  # data problems found while decoding, reported with the rest
+    parameters: dict = field(default_factory=dict)  # the request's parameters (sequence_id, sequence_start, ...)
 
 
 def _is_shape(value: Any) -> bool:
@@ -121,7 +122,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None,
     outputs = _decode_outputs(req.get("outputs"), binary_default, problems)
     if problems:
         raise BadRequest("invalid inference request: " + join_problems(problems))
-    return InferRequest(inputs, outputs, binary_default, request_id, data_problems)
+    return InferRequest(inputs, outputs, binary_default, request_id, data_problems, params)
 
 
 def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:

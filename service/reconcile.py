@@ -16,6 +16,7 @@ from pathlib import Path
 
 from service import artifact
 from service.batching import Batcher, batching_config
+from service.sequences import SequenceTable, table_path
 from service.configfile import read_config, select_versions, version_policy
 from service.errors import ConfigError, LoadError
 from service.metrics import Metrics
@@ -34,6 +35,18 @@ class VersionState:
     version: int
     state: str
     reason: str = ""
+
+
+def _sequence_table(settings: Settings, model: LoadedModel) -> SequenceTable:
+    """The live sequences of a stateful version, in the state folder that every worker maps (in memory with one
+    process)."""
+    sequence = model.sequence
+    path = None
+    if settings.state_dir:
+        path = table_path(settings.state_dir, model.name, model.version, settings.max_sequences,
+                          sequence.state_nbytes)
+    return SequenceTable(path, model.name, settings.max_sequences, sequence.state_nbytes,
+                         sequence.idle_microseconds / 1e6)
 
 
 def release_free_memory() -> None:
@@ -165,6 +178,9 @@ class Reconciler:
         for version, model in current.items():
             if version not in keep:
                 self.metrics.model_loaded.labels(name, str(version), model.provider).set(0)
+                if model.sequences is not None:  # a later request of one of its sequences is told why it is gone
+                    model.sequences.drop_all(f"version {version} of model '{name}' was unloaded")
+                    self.metrics.sequences.tables.pop((name, str(version)), None)
                 log.info("unloaded %s version %s", name, version)
 
     def _refuse_all(self, name: str, available: list[int], current: dict[int, LoadedModel], retry_failed: bool,
@@ -197,6 +213,9 @@ class Reconciler:
                                weights_cache=Path(settings.state_dir) / "weights" if settings.state_dir else None)
             if model.batching:  # the operator's cap, below the model's own max_batch_size
                 model.max_batch_size = min(model.max_batch_size, settings.batch_limit(name))
+            if model.sequence is not None:
+                model.sequences = _sequence_table(settings, model)
+                self.metrics.sequences.tables[(name, str(version))] = model.sequences
             block = model.config.dynamic_batching
             if settings.dynamic_batching and block is not None and model.batching:
                 model.batcher = Batcher(batching_config(block, model.max_batch_size),

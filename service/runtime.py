@@ -76,6 +76,8 @@ class LoadedModel:
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
         self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
         self.batcher = None  # a service.batching.Batcher when the model is dynamically batched
+        self.sequence = config.sequence_batching  # a stateful model's controls and states (sequence_config)
+        self.sequences = None  # then its service.sequences.SequenceTable, set by the registry
 
     def describe(self, versions: list[str]) -> dict:
         """V2 model metadata response."""
@@ -153,7 +155,7 @@ def load_model(version_dir: Path, device: str = "auto", threads: int = 1, config
     if metadata is None:
         metadata = _embedded_metadata(facts)
     session, shared = build_session(data, path, facts, device, threads, share_weights_bytes, weights_cache)
-    config = _configure(session, config_fields, model_dir.name, metadata, facts, default_max_batch_size,
+    config = _configure(session, config_fields, model_dir, metadata, facts, default_max_batch_size,
                         default_version_policy)
     model = LoadedModel(model_dir.name, int(version_dir.name), config, session, session.get_providers()[0], 0.0,
                         metadata or {})
@@ -197,23 +199,29 @@ def _inspect(data: bytes, path: Path, max_model_bytes: int) -> onnxfile.ModelFac
     return facts
 
 
-def _configure(session: ort.InferenceSession, config_fields: dict | None, name: str, metadata: dict | None,
+def _configure(session: ort.InferenceSession, config_fields: dict | None, model_dir: Path, metadata: dict | None,
                facts: onnxfile.ModelFacts, default_max_batch_size: int,
                default_version_policy: dict | None) -> ModelConfig:
     """The model configuration, completed from the session's graph, after nnserve's metadata (if any) was checked
     against that graph."""
     inputs = [GraphTensor.of(n) for n in session.get_inputs()]
     outputs = [GraphTensor.of(n) for n in session.get_outputs()]
+    overridable = [GraphTensor.of(n) for n in session.get_overridable_initializers()]
+    try:
+        config = complete(config_fields, model_dir.name, inputs, outputs, default_max_batch_size, default_version_policy,
+                          overridable, model_dir)
+    except ConfigError as exc:
+        raise LoadError(str(exc)) from None
     if metadata is not None:
+        sequence = config.sequence_batching  # its control and state tensors are the server's, not in the metadata
+        if sequence is not None:
+            kept = {s.output_name for s in sequence.states} - set(config.output_names())
+            inputs = [t for t in inputs if t.name not in sequence.extra_inputs]
+            outputs = [t for t in outputs if t.name not in kept]
         problems = _check_metadata(metadata, inputs, outputs, facts.metadata.get(artifact.METADATA_PROP))
         if problems:
             raise LoadError("; ".join(problems))
-    overridable = [GraphTensor.of(n) for n in session.get_overridable_initializers()]
-    try:
-        return complete(config_fields, name, inputs, outputs, default_max_batch_size, default_version_policy,
-                        overridable)
-    except ConfigError as exc:
-        raise LoadError(str(exc)) from None
+    return config
 
 
 def _check_metadata(metadata: dict, inputs: list[GraphTensor], outputs: list[GraphTensor],

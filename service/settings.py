@@ -70,6 +70,9 @@ class Settings:
     """A model whose stored tensors declare at least this many bytes runs on the CPU from memory-mapped weights that
     the worker processes share (its memory counts once, not once per worker), with ONNX Runtime's weight prepacking
     off; 0 = never."""
+    max_sequences: int = 1024
+    """Live sequences a stateful model version (config.pbtxt's sequence_batching) keeps at most; a sequence start
+    beyond them gets 503. Their states are shared by the workers through the state folder."""
     dynamic_batching: bool = True
     """Batch concurrent requests per model version as its config.pbtxt's dynamic_batching block says (off: every
     request runs on its own)."""
@@ -113,7 +116,8 @@ class Settings:
             raise ValueError(f"grpc_port: expected 0 (off) to 65535, got {self.grpc_port}")
         if self.share_weights_bytes < 0:
             raise ValueError(f"share_weights_bytes: expected 0 (never) or more, got {self.share_weights_bytes}")
-        for name in ("port", "threads", "max_body_bytes", "default_max_batch_size", "max_model_bytes"):
+        for name in ("port", "threads", "max_body_bytes", "default_max_batch_size", "max_model_bytes",
+                     "max_sequences"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
 

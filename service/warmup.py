@@ -20,7 +20,12 @@ FLOAT_TYPES = ("FP16", "FP32", "FP64")
 def warm_up(model, model_dir: Path) -> None:
     """Run the warm-up requests on `model` (a runtime.LoadedModel); raise LoadError when a sample of config.pbtxt
     fails. Zeros are made up, so a failure on them is logged and the version serves."""
+    sequence = model.config.sequence_batching
     for sample, feed in warmup_feeds(model, model_dir):
+        if sequence is not None:  # the controls and states of a sequence's first request, for each row
+            rows = next(iter(feed.values())).shape[0] if model.batching and feed else 1
+            feed = {**feed, **sequence.feed(1, True, False, np.zeros(sequence.state_nbytes, np.uint8), model.batching,
+                                            rows)}
         try:
             model.session.run(None, feed)
         except Exception as exc:  # ORT raises its own types

@@ -498,7 +498,10 @@ def _one_input_config(tmp_path: Path, name: str, config: str, model: str = "mult
      "output [ { name: \"sum\" data_type: TYPE_FP32 dims: [ 3 ] } ] max_batch_size: 4", "listed more than once"),
     ("dynamic_batching { preferred_batch_size: [ 0 ] }", "expected sizes of 1 or more"),
     ("dynamic_batching { default_queue_policy { max_queue_size: -1 } }", "expected 0 (unbounded) or more"),
-    ("instance_group [ { kind: KIND_GPU } ] sequence_batching { }", "sequence_batching is not supported"),
+    ("instance_group [ { kind: KIND_GPU } ] ensemble_scheduling { }", "ensemble_scheduling is not supported"),
+    ("sequence_batching { state [ { input_name: \"s\" output_name: \"t\" data_type: TYPE_FP32 dims: [ -1 ] } ] }",
+     "nnserve keeps states of fixed dims"),
+    ("sequence_batching { } dynamic_batching { }", "dynamic_batching and sequence_batching cannot both be given"),
     ("no_such_field: 1", "unknown field(s) ['no_such_field']"),
 ])
 def test_a_config_nnserve_cannot_honour_is_refused_with_a_reason(tmp_path, config, fragment):
