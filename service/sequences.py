@@ -317,12 +317,6 @@ class SequenceTable:
         return {"live": live, "started": int(header["started"]), "ended": int(header["ended"]),
                 "expired": int(header["expired"])}
 
-    def close(self) -> None:
-        self._header_view = self._gone = self._slots = None
-        self._map.close()
-        if self._fd is not None:
-            os.close(self._fd)
-
 
 class Step:
     """One step's view of its sequence's slot: `state` (uint8 bytes, zeros after START), `save(bytes)` to keep the
