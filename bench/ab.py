@@ -1,0 +1,130 @@
+"""Before and after, in one run: the request path of this checkout against another commit's, on the same machine.
+
+    .venv-dev/bin/python -m bench.ab --before REV [--model digits-mlp] [--seconds 6] [--rounds 3]
+
+Both servers serve the same repository (this checkout's models/), each with its own code: the other commit is
+checked out as a git worktree under build/ab/. wrk (JSON and binary bodies as `make bench` sends them) runs at
+c=64 and c=1 against one server, then the other, alternating which goes first in each round, so that drift in
+the machine's load falls on both alike. It prints the median requests per second, p50 and server CPU per request
+of each, and their ratios (after / before), and writes them to build/ab/result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.run import tree_cpu_seconds, write_script, wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "ab"
+
+
+def worktree(rev: str) -> Path:
+    """A checkout of `rev` beside this one (made once, reused)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    path = OUT / f"tree-{commit}"
+    if not path.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
+                       capture_output=True)
+    return path
+
+
+def serve(tree: Path, port: int, models: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--grpc-port", "0", "--models",
+                             str(models)], cwd=tree, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit(f"the server of {tree} did not become ready; see {log}")
+
+
+def measure(servers: dict, scripts: dict, model: str, seconds: float, rounds: int) -> list[dict]:
+    rows = []
+    for round_ in range(rounds):
+        for encoding, script in scripts.items():
+            for connections in (64, 1):
+                order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    proc, port = servers[name]
+                    cpu = tree_cpu_seconds(proc.pid)
+                    stats, _ = wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", script, connections, seconds,
+                                   2)
+                    cpu = tree_cpu_seconds(proc.pid) - cpu
+                    wall = stats["duration_us"] / 1e6
+                    errors = sum(stats[k] for k in ("status", "connect", "read", "write", "timeout"))
+                    rows.append({"round": round_, "tree": name, "encoding": encoding, "c": connections,
+                                 "rps": stats["requests"] / wall, "p50_ms": stats["p50_us"] / 1000,
+                                 "cpu_us": cpu * 1e6 / max(1, stats["requests"]), "errors": errors})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    table = []
+    for encoding in ("json", "binary"):
+        for connections in (64, 1):
+            cell = {"encoding": encoding, "c": connections}
+            for tree in ("before", "after"):
+                mine = [r for r in rows if (r["tree"], r["encoding"], r["c"]) == (tree, encoding, connections)]
+                for key in ("rps", "p50_ms", "cpu_us"):
+                    cell[f"{tree}_{key}"] = statistics.median(r[key] for r in mine)
+            for key in ("rps", "p50_ms", "cpu_us"):
+                cell[f"ratio_{key}"] = cell[f"after_{key}"] / cell[f"before_{key}"]
+            table.append(cell)
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", required=True, help="the commit to compare with (any git revision)")
+    parser.add_argument("--model", default="digits-mlp")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    trees = {"before": worktree(args.before), "after": ROOT}
+    servers = {}
+    try:
+        for (name, tree), port in zip(trees.items(), (18470, 18480)):
+            servers[name] = (serve(tree, port, ROOT / "models", OUT / f"{name}.log"), port)
+        scripts = {encoding: write_script(OUT, args.model, encoding)[0] for encoding in ("json", "binary")}
+        for proc, port in servers.values():  # warm-up
+            for script in scripts.values():
+                wrk(f"http://127.0.0.1:{port}/v2/models/{args.model}/infer", script, 64, 2, 2)
+        rows = measure(servers, scripts, args.model, args.seconds, args.rounds)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(60)
+    table = summary(rows)
+    (OUT / "result.json").write_text(json.dumps({"before": args.before, "rows": rows, "summary": table}, indent=1))
+    print(f"\n{args.model}, median of {args.rounds} rounds of {args.seconds:g} s; after / before:")
+    print("| body | c | req/s before | req/s after | ratio | p50 ratio | CPU per request ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for cell in table:
+        print(f"| {cell['encoding']} | {cell['c']} | {cell['before_rps']:,.0f} | {cell['after_rps']:,.0f} | "
+              f"{cell['ratio_rps']:.3f} | {cell['ratio_p50_ms']:.3f} | {cell['ratio_cpu_us']:.3f} |")
+    errors = sum(r["errors"] for r in rows)
+    if errors:
+        print(f"{errors} errors: see build/ab/*.log")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
