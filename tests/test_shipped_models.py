@@ -1,4 +1,5 @@
-"""The models shipped in models/: all ten zoo models, each loads, matches its config, and reaches its bar."""
+"""The models shipped in models/: all ten zoo models and the step graphs of the recurrent ones, each loads, matches
+its config, and reaches its bar."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from tests.conftest import SHIPPED_MODELS
 from training.config import load_config
 from training.export import predictor_metrics
 from training.prepare import prepare
+from training.stream import STREAM_SUFFIX, stream_predictor
 from training.verify import metric_matches, ort_predictor
-from training.zoo import ZOO, target_met
+from training.zoo import ZOO, stream_names, target_met
 
-SHIPPED = [(name, version) for name in artifact.list_models(SHIPPED_MODELS)
-           for version in artifact.list_versions(SHIPPED_MODELS / name)]
+ALL_SHIPPED = [(name, version) for name in artifact.list_models(SHIPPED_MODELS)
+               for version in artifact.list_versions(SHIPPED_MODELS / name)]
+SHIPPED = [(name, version) for name, version in ALL_SHIPPED if name not in stream_names()]  # the window models
+STREAMS = [(name, version) for name, version in ALL_SHIPPED if name in stream_names()]  # their step graphs
 
 
 def test_every_zoo_model_is_shipped_and_nothing_else():
-    assert sorted(name for name, _ in SHIPPED) == sorted(ZOO)
-    assert all(version == 1 for _, version in SHIPPED)
+    assert sorted(name for name, _ in ALL_SHIPPED) == sorted([*ZOO, *stream_names()])
+    assert all(version == 1 for _, version in ALL_SHIPPED)
 
 
 def test_check_finds_nothing_wrong_with_the_shipped_repository():
@@ -90,6 +94,35 @@ def test_shipped_model_loads_matches_its_config_and_reaches_its_bar(name, versio
                "baseline": meta["training"]["baseline"]}
     assert target_met(name, summary), f"{name}: {headline} {metrics[headline]:.4f} misses the zoo's bar"
     assert np.isfinite(list(metrics.values())).all()
+
+
+@pytest.mark.parametrize("name, version", STREAMS, ids=[f"{n}/{v}" for n, v in STREAMS])
+def test_shipped_stream_model_streams_as_its_window_model_and_reaches_its_bar(name, version, tmp_path):
+    """Its graph takes the client's input plus config.pbtxt's START and states; the parity with the window graph
+    was recorded at several lengths, the training window among them; streamed, it meets the zoo's bar."""
+    from training.repository import triton_config
+
+    version_dir = SHIPPED_MODELS / name / str(version)
+    assert {"metadata.json", "model.onnx", "model_card.md"} <= {p.name for p in version_dir.iterdir()}
+    meta = artifact.read_metadata(version_dir)
+    assert (SHIPPED_MODELS / name / "config.pbtxt").read_text() == triton_config(meta)
+    sequence = meta["sequence"]
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [n.name for n in session.get_inputs()] == ["input", sequence["start"], *[s["input_name"] for s in
+                                                                                    sequence["states"]]]
+    assert [n.name for n in session.get_outputs()] == ["forecast", *[s["output_name"] for s in sequence["states"]]]
+    config = load_config(name.removesuffix(STREAM_SUFFIX))
+    assert meta["training"]["config_sha256"] == config.sha256()
+    stream = meta["export"]["parity"]["stream"]
+    assert stream["max_scaled_diff"] <= stream["atol"]
+    assert config.data["window"] in {c["length"] for c in stream["checks"]} and len(stream["checks"]) >= 6
+    prepared = prepare(config)
+    metrics = predictor_metrics(stream_predictor(session, sequence), config, prepared, tmp_path)
+    headline = meta["training"]["headline_metric"]
+    assert metric_matches(headline, metrics[headline], meta["training"]["metrics"][f"onnx_test_{headline}"])
+    summary = {"task": meta["task"], "metrics": {f"test_{k}": v for k, v in metrics.items()},
+               "baseline": meta["training"]["baseline"]}
+    assert target_met(name, summary), f"{name}: streamed {headline} {metrics[headline]:.4f} misses the zoo's bar"
 
 
 def _pages_with(marker: str) -> list[Path]:

@@ -15,7 +15,8 @@ EXIT_CODES = """exit codes:
   0  done
   1  zoo: a model missed its quality bar; check: the repository has problems
   2  a configuration or input error (one line says which value and what was expected)
-  3  export, retrain: refused by a gate (int8 quantization, the metric, a changed signature); nothing was published
+  3  export, retrain, zoo: refused by verification or a gate (parity, int8, the metric, a changed signature);
+     nothing was published
   4  retrain: the service is unreachable or refused the token, found before training; tune: a worker process died
   5  retrain: the new version is published, but the service's load call failed"""
 
@@ -89,7 +90,14 @@ def _export(args: argparse.Namespace) -> int:
 
     if not artifact.is_valid_name(args.name):
         raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
-    exported, resolved, summary = export_run(args.run_dir)
+    if args.stream and args.quantize:
+        raise ValueError("--quantize: a step graph (--stream) is published in float32 only; leave out one of them")
+    if args.stream:
+        from training.stream_export import export_stream
+
+        exported, resolved, summary = export_stream(args.run_dir)
+    else:
+        exported, resolved, summary = export_run(args.run_dir)
     if args.quantize == "dynamic":
         quantized, reasons, report = quantize(exported, resolved, args.run_dir)
         if quantized is None:
@@ -110,6 +118,9 @@ def _export(args: argparse.Namespace) -> int:
     print(f"published {args.name} version {version} at {path}")
     print(f"  parity: max |onnx - torch| = {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
           f"(atol {parity['atol']:g})")
+    if "stream" in parity:
+        print(f"  stream: max |step - window| / max(1, |window|) = {parity['stream']['max_scaled_diff']:.2e} over "
+              f"{len(parity['stream']['checks'])} checks, compared after every call")
     print(f"  test {metric}: torch {summary.headline:.4f}, "
           f"onnx {exported.onnx_metrics[metric]:.4f}")
     return 0
@@ -222,6 +233,10 @@ def _add_export(sub) -> None:
     export.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository (default models)")
     export.add_argument("--force", action="store_true",
                         help="publish even if the inputs or outputs differ from the latest published version's")
+    export.add_argument("--stream", action="store_true",
+                        help="publish the run's stateful step graph instead (rnn, lstm or gru forecasting with "
+                             "data.scaling = \"diff\"): one new value per request, the state kept by the server's "
+                             "sequence batcher; conventionally named <model>-stream")
     export.add_argument("--quantize", choices=["dynamic"], help="publish an int8 (dynamic) model instead, if it loses "
                         "<= 0.5 points and is faster at batch 64 measured side by side (MatMul/Gemm-only graphs)")
     export.set_defaults(func=_export)
@@ -281,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # configuration and input errors: one clear line, no traceback
         print(f"python -m training {args.command}: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        export = sys.modules.get("training.export")  # loaded by every command that exports (it imports torch)
+        if export is None or not isinstance(exc, export.ExportError):
+            raise
+        print(f"python -m training {args.command}: {exc}", file=sys.stderr)  # every failed check; nothing published
+        return 3
 
 
 if __name__ == "__main__":

@@ -53,6 +53,23 @@ class ExportPlan:
     features: list[str] | None = None  # a table's input columns, in order
     before_graph: list[str] = field(default_factory=list)  # what a client does to raw data, as sentences
     input_shapes: dict[str, str] = field(default_factory=dict)  # input name -> what one sample of it holds
+    sequence: dict | None = None  # a step graph's START control and states (training.stream.sequence_facts)
+
+    def _client(self, tensors: list[dict], kind: str) -> list[dict]:
+        if self.sequence is None:
+            return tensors
+        fed = {self.sequence["start"]} | {s[f"{kind}_name"] for s in self.sequence["states"]}
+        return [t for t in tensors if t["name"] not in fed]
+
+    @property
+    def client_inputs(self) -> list[dict]:
+        """The inputs a client sends: a step graph's START and state inputs are the server's to feed."""
+        return self._client(self.inputs, "input")
+
+    @property
+    def client_outputs(self) -> list[dict]:
+        """The outputs a client gets: a step graph's state outputs stay with the server."""
+        return self._client(self.outputs, "output")
 
 
 def _dataset(data) -> dict:

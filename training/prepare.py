@@ -10,6 +10,7 @@ from training import architectures
 from training.config import RunConfig
 from training.data import (Dataset, Split, arrange, fold_split, load_dataset, split_by_time, split_indices,
                            standardization, windows)
+from training.network import series_scaling
 from training.tasks import get_task
 
 PARTS = ("train", "val", "test")
@@ -31,6 +32,7 @@ class Prepared:
     y_std: float | None = None
     window: int | None = None
     horizon: int | None = None
+    scaling: str | None = None  # a series' input scaling (training.network.SCALINGS)
 
     @property
     def labels(self) -> list[str] | None:
@@ -60,13 +62,15 @@ def _prepare_series(config: RunConfig, data: Dataset, task: str, form: str, fold
         raise ValueError(f"folds: dataset {data.name!r} is a series, validated on the windows after the training "
                          f"ones; shuffled k-fold cross-validation would train on its future")
     window, horizon = int(config.data.get("window", 24)), int(config.data.get("horizon", 1))
+    scaling = series_scaling(config.data)
     inputs, targets = windows(data.X, window, horizon)
     split = split_by_time(len(inputs), config.split.val, config.split.test, config.seed)
     X = {p: inputs[getattr(split, p)] for p in PARTS}
     y = {p: targets[getattr(split, p)] for p in PARTS}
     train_values = data.X[:split.train[-1] + window + horizon]
     std = np.float32(max(float(np.diff(train_values).std()), 1e-6))  # scale of steps, not of levels
-    return Prepared(data, task, form, split, X, y, np.float32(0.0), std, window=window, horizon=horizon)
+    return Prepared(data, task, form, split, X, y, np.float32(0.0), std, window=window, horizon=horizon,
+                    scaling=scaling)
 
 
 def prepare(config: RunConfig, fold: tuple[int, int] | None = None) -> Prepared:

@@ -12,6 +12,7 @@ import torch
 
 from service import artifact
 from training.export import OPSET, Exported
+from training.network import series_scaling
 from training.runs import Resolved, Summary
 from training.tasks import get_task
 
@@ -33,18 +34,33 @@ PREPROCESSING = {  # inside the graph: a client sends values without these
     "image": "standardize each channel with the training split's mean and std",
     "sequence": "standardize each token feature with the training split's mean and std",
     "series": "scale the window relative to its last value: (x - x[-1]) / std of the training steps",
+    "series-diff": "scale the window's first differences: (x[t] - x[t-1]) / std of the training steps, 0 at the first "
+                   "step; the forecast is added to the window's last value",
+    "stream": "scale each new value's difference from the one before it (kept in the state prev): (x[t] - x[t-1]) / "
+              "std of the training steps, 0 at a sequence's first value; the forecast is added to the last value sent",
 }
+SCALED_FORMS = ("series", "series-diff", "stream")  # scaled by the spread of the steps, not standardized
 IN_GRAPH_NOTE = ("nothing more: the graph itself does the {what} (send values that are not {done}); "
                  "see preprocessing.steps")
 
 
 def _preprocessing(plan, task, form: str) -> dict:
     """What a client does before the graph, and what the graph itself does, so that it can reproduce the chain."""
-    note = [IN_GRAPH_NOTE.format(what="scaling" if form == "series" else "standardization",
-                                 done="scaled" if form == "series" else "standardized")] if plan.before_graph else []
+    scaled = form in SCALED_FORMS
+    note = [IN_GRAPH_NOTE.format(what="scaling" if scaled else "standardization",
+                                 done="scaled" if scaled else "standardized")] if plan.before_graph else []
     return {"in_graph": True, "input": task.served_input, "before_graph": plan.before_graph + note,
             "steps": [PREPROCESSING[form]] if task.in_graph_preprocessing else [],
             "input_shapes": plan.input_shapes, "output": task.output_text}
+
+
+def _form(resolved: Resolved, plan) -> str:
+    """The key of the graph's preprocessing in PREPROCESSING."""
+    if plan.sequence is not None:
+        return "stream"
+    if resolved.series:
+        return "series-diff" if series_scaling(resolved.config.data) == "diff" else "series"
+    return resolved.form
 
 
 def _training(exported: Exported, resolved: Resolved, summary: Summary) -> dict:
@@ -89,12 +105,13 @@ def build_metadata(exported: Exported, resolved: Resolved, summary: Summary, nam
         "version": version,
         "architecture": resolved.config.arch,
         "task": task.name,
-        "inputs": plan.inputs,
-        "outputs": plan.outputs,
+        "inputs": plan.client_inputs,
+        "outputs": plan.client_outputs,
+        **({"sequence": plan.sequence} if plan.sequence else {}),
         **({"labels": resolved.labels} if resolved.labels else {}),
         **({"features": plan.features} if plan.features else {}),
         "task_params": plan.task_params,
-        "preprocessing": _preprocessing(plan, task, "series" if resolved.series else resolved.form),
+        "preprocessing": _preprocessing(plan, task, _form(resolved, plan)),
         "training": _training(exported, resolved, summary),
         "export": {
             "opset": OPSET,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service import artifact
 from service.modelconfig import DATA_TYPES
+from training.stream_card import STREAM_MAX_BATCH_SIZE, graph_names, sequence_batching_pbtxt, stream_card_lines
 
 CARD_FILENAME = "model_card.md"
 TRITON_CONFIG = "config.pbtxt"
@@ -37,12 +38,16 @@ DYNAMIC_BATCHING = "dynamic_batching { }\n"
 
 
 def triton_config(meta: dict) -> str:
-    """Triton's config.pbtxt for a model, from its metadata (same repository, served by Triton unchanged)."""
+    """Triton's config.pbtxt for a model, from its metadata (same repository, served by Triton unchanged); a step
+    graph's declares the sequence batcher's START control and implicit state instead of the dynamic batcher."""
     inputs = ",\n".join(_tensor_pbtxt(t) for t in meta["inputs"])
     outputs = ",\n".join(_tensor_pbtxt(t) for t in meta["outputs"])
+    sequence = meta.get("sequence")
+    batching = DYNAMIC_BATCHING if sequence is None else sequence_batching_pbtxt(sequence)
+    max_batch = MAX_BATCH_SIZE if sequence is None else STREAM_MAX_BATCH_SIZE
     return (f'# Written by nnserve for Triton Inference Server ({meta["architecture"]}, {meta["task"]}).\n'
-            f'name: "{meta["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
-            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n{DYNAMIC_BATCHING}")
+            f'name: "{meta["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
+            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n{batching}")
 
 
 def _fmt(value) -> str:
@@ -89,6 +94,8 @@ def model_card(meta: dict, plots: list[str], examples: list) -> str:
     """A Markdown card: what the model does, its tensors with an example request, metrics, baseline, plots.
 
     `examples` holds one array per input (a real sample first), for the example request."""
+    if meta.get("sequence"):
+        return "\n".join(stream_card_lines(meta, [float(v) for v in examples[0][0, :2]]) + _quality(meta))
     training = meta["training"]
     preprocessing = meta["preprocessing"]
     lines = [f"# {meta['name']} version {meta['version']}", "",
@@ -172,11 +179,13 @@ def check_version(version_dir: Path) -> list[str]:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several types for a bad graph
         return problems + [f"{artifact.MODEL_FILENAME}: ONNX Runtime cannot load it: {str(exc)[:200]}"]
-    for kind, specs, nodes in (("inputs", meta["inputs"], session.get_inputs()),
-                               ("outputs", meta["outputs"], session.get_outputs())):
-        if [t["name"] for t in specs] != [n.name for n in nodes]:
-            problems.append(f"{kind}: metadata lists {[t['name'] for t in specs]}, the graph has "
-                            f"{[n.name for n in nodes]}")
+    names = ([t["name"] for t in meta["inputs"]], [t["name"] for t in meta["outputs"]])
+    if meta.get("sequence"):  # the server feeds START and the states: config.pbtxt's, not the client's
+        names = graph_names(meta["sequence"], *names)
+    for kind, listed, nodes in (("inputs", names[0], session.get_inputs()), ("outputs", names[1], session.get_outputs())):
+        if listed != [n.name for n in nodes]:
+            who = "metadata and its sequence section list" if meta.get("sequence") else "metadata lists"
+            problems.append(f"{kind}: {who} {listed}, the graph has {[n.name for n in nodes]}")
     return problems or _serve_problems(version_dir)
 
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from training import architectures, baselines, plots
 from training.gan import evaluation_inputs, generation_metrics, within_class_distance
-from training.network import Network, load_generator
+from training.network import Network, load_generator, series_scaling
 from training.predict import batched, noisy_copy
 
 LOWER_IS_BETTER = ("loss", "mae", "rmse")
@@ -99,7 +99,7 @@ class Task:
         """The trained network of a finished run from its resolved config and best.pt, in eval mode."""
         body = architectures.build(resolved.config.arch, resolved.network)
         network = Network(body, state["x_mean"], state["x_std"], state["y_mean"], state["y_std"],
-                          series=resolved.series)
+                          series=resolved.series, scaling=series_scaling(resolved.config.data))
         network.load_state_dict(state)
         return network.eval()
 

@@ -22,7 +22,7 @@ from training.config import RunConfig, apply_overrides, load_config
 from training.distributed import Distributed
 from training.gan import GANStep
 from training.loop import EpochLoop, Progress
-from training.network import Network
+from training.network import SCALINGS, Network
 from training.optim import load_optimizer_state, make_optimizer, make_schedule
 from training.plots import plot_curves
 from training.predict import batched, torch_predictor
@@ -45,7 +45,8 @@ def build_network(config: RunConfig, prepared: Prepared) -> tuple[Network, dict]
     hyper = network_hyper(config, prepared)
     body = architectures.build(config.arch, hyper)
     network = Network(body, torch.from_numpy(np.asarray(prepared.x_mean)), torch.from_numpy(np.asarray(prepared.x_std)),
-                      prepared.y_mean, prepared.y_std, series=prepared.data.kind == "series")
+                      prepared.y_mean, prepared.y_std, series=prepared.data.kind == "series",
+                      scaling=prepared.scaling or SCALINGS[0])
     return network, hyper
 
 

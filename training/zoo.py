@@ -13,6 +13,7 @@ from training.tasks import get_task
 
 ZOO = ("digits-mlp", "digits-cnn", "digits-transformer", "breast-cancer-mlp", "diabetes-mlp", "co2-lstm",
        "sunspots-gru", "sunspots-rnn", "digits-autoencoder", "digits-gan")
+STREAMED = ("co2-lstm", "sunspots-gru", "sunspots-rnn")  # also published as <name>-stream, their step graphs
 # Quality bars of the zoo on each model's test split (the headline metric, and extra ones where given).
 TARGETS = {
     "digits-mlp": {"accuracy": 0.97}, "digits-cnn": {"accuracy": 0.98}, "digits-transformer": {"accuracy": 0.96},
@@ -68,11 +69,32 @@ def text_table(rows: list[list[str]]) -> str:
     return "\n".join([fmt.format(*HEADER), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
+def stream_names() -> list[str]:
+    """The published names of the zoo's step graphs."""
+    from training.stream import STREAM_SUFFIX
+
+    return [f"{name}{STREAM_SUFFIX}" for name in STREAMED]
+
+
+def _publish_stream(name: str, window, out: Path, models: Path, log: Callable[[str], None]) -> None:
+    """Export, verify and publish the step graph of the zoo run out/<name> (`window`: its exported window graph)."""
+    from training.publish import publish
+    from training.stream import STREAM_SUFFIX
+    from training.stream_export import export_stream
+
+    exported, resolved, summary = export_stream(out / name, window)
+    stream = f"{name}{STREAM_SUFFIX}"
+    version, path = publish(exported, resolved, summary, stream, models)
+    log(f"   published {stream} version {version} at {path} (max |step - window| "
+        f"{exported.parity['stream']['max_scaled_diff']:.1e}, scaled)")
+
+
 def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None] = print,
             quiet: bool = True, models: Path | None = None) -> dict[str, Summary]:
     """Train the zoo models (all, or `names`) into out/<name>/; write zoo.json and zoo.md; return summaries.
 
-    With `models`, each run is also exported, verified and published there as the model's next version.
+    With `models`, each run is also exported, verified and published there as the model's next version, and the
+    runs in STREAMED also publish their step graphs as <name>-stream.
     """
     from training.trainer import fit
 
@@ -96,6 +118,8 @@ def run_zoo(out: Path, names: list[str] | None = None, log: Callable[[str], None
             version, path = publish(exported, resolved, summary, name, models, out / name)
             log(f"   published {name} version {version} at {path} (max |onnx - torch| "
                 f"{exported.parity['max_abs_diff']:.1e})")
+            if name in STREAMED:
+                _publish_stream(name, exported, out, models, log)
     rows = table_rows(results)
     (out / "zoo.json").write_text(json.dumps({name: s.to_dict() for name, s in results.items()}, indent=2) + "\n")
     (out / "zoo.md").write_text(markdown_table(rows))

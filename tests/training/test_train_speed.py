@@ -7,7 +7,7 @@ import time
 
 from training.config import apply_overrides, load_config
 
-PAUSE = 0.2  # seconds
+PAUSE = 1.0  # seconds: well above a diabetes-mlp epoch, even on a loaded machine
 
 
 def _config(epochs: int):

@@ -11,6 +11,8 @@ from training.architectures.layers import make_activation
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 RNN_ACTIVATIONS = ("relu", "tanh")  # the nonlinearities nn.RNN supports
+BIDIRECTIONAL = ("model.bidirectional: a bidirectional network reads future steps and cannot run one step at a time; "
+                 "expected false")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RecurrentNet(nn.Module):
             kwargs["nonlinearity"] = config.activation
         elif config.activation != "tanh":
             raise ValueError(f"cell {config.cell!r} has fixed activations; valid activations are ['tanh']")
+        self.cell = config.cell
         self.hidden_dim = config.hidden_dim
         self.bidirectional = config.bidirectional
         self.rnn = CELLS[config.cell](
@@ -67,3 +70,12 @@ class RecurrentNet(nn.Module):
         if self.bidirectional:
             last = torch.cat([last, out[:, 0, self.hidden_dim:]], dim=-1)  # backward direction ends at step 0
         return self.head(self.dropout(last))  # [B, out_features]
+
+    def step(self, x: torch.Tensor, state):
+        """Continue sequences from `state` with their next steps x [B, S, F]: (the output at the last of them
+        [B, out_features], the new state). The state is the cell's own: h [L, B, H], and (h, c) for an LSTM.
+        A bidirectional network reads every step backwards from the end, so it cannot continue a sequence."""
+        if self.bidirectional:
+            raise ValueError(BIDIRECTIONAL)
+        out, state = self.rnn(x, state)  # [B, S, F] -> [B, S, H]
+        return self.head(self.dropout(out[:, -1])), state  # [B, out_features]
