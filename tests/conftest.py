@@ -48,6 +48,16 @@ def shipped_models(root: Path) -> Path:
 
 
 SHIPPED_MODELS = shipped_models(ROOT)
+
+
+def stateless_models(repo: Path) -> list[str]:
+    """The models of a repository that answer a request on its own: not the stateful ones (config.pbtxt's
+    sequence_batching), whose requests belong to sequences (tests/service/test_sequences.py)."""
+    from service import artifact
+
+    return [name for name in artifact.list_models(repo)
+            if "sequence_batching" not in ((repo / name / "config.pbtxt").read_text()
+                                           if (repo / name / "config.pbtxt").exists() else "")]
 FAST_EPOCHS = 8  # enough for > 90 % on digits in about a second
 
 

@@ -26,14 +26,14 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service import artifact
-from tests.conftest import ROOT, SHIPPED_MODELS, answers_while, free_port, start_server
+from tests.conftest import ROOT, SHIPPED_MODELS, answers_while, free_port, start_server, stateless_models
 from tests.service import foreign_models as fm
 from tests.service.test_protocol_features import random_inputs
 from tests.service.test_server import sample_value
 
 TOKEN = "grpc-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-ZOO = artifact.list_models(SHIPPED_MODELS)
+ZOO = stateless_models(SHIPPED_MODELS)  # the stateful streams: tests/service/test_sequences.py
 CORPUS = fm.build_corpus()
 
 

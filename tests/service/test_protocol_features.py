@@ -16,9 +16,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from service import artifact
-from tests.conftest import SHIPPED_MODELS, start_server, wait_until
+from tests.conftest import SHIPPED_MODELS, start_server, stateless_models, wait_until
 
-MODELS = artifact.list_models(SHIPPED_MODELS)
+MODELS = stateless_models(SHIPPED_MODELS)  # the stateful streams: tests/service/test_sequences.py
 
 
 @pytest.fixture(scope="module")

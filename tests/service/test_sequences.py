@@ -244,3 +244,41 @@ def test_sigterm_with_live_sequences_answers_the_requests_in_flight(tmp_path):
     for t in threads:
         t.join(30)
     assert outcomes and set(outcomes) == {200}, sorted(set(outcomes))
+
+
+@pytest.fixture(scope="module")
+def stream_server(tmp_path_factory):
+    from tests.conftest import SHIPPED_MODELS
+
+    srv = start_server(SHIPPED_MODELS, tmp_path_factory.mktemp("stream-logs"), "--workers", "2")
+    yield srv
+    srv.stop()
+
+
+def _series(name: str) -> list[float]:
+    import importlib
+
+    dataset, column = ("co2", "co2") if name.startswith("co2") else ("sunspots", "SUNACTIVITY")
+    frame = importlib.import_module(f"statsmodels.datasets.{dataset}").load_pandas().data
+    return frame[column].interpolate().astype("float32").tolist()
+
+
+@pytest.mark.parametrize("window_model, window", [("co2-lstm", 52), ("sunspots-gru", 24), ("sunspots-rnn", 24)])
+@pytest.mark.parametrize("per_request", [1, 3])
+def test_a_streamed_series_answers_as_the_window_model_does(stream_server, window_model, window, per_request):
+    """Each recurrent zoo model's stream, fed through the server a step (or three) at a time, gives the window
+    model's forecast for the same values after every request."""
+    values = _series(window_model)[-3 * window:]
+    stream = f"{window_model}-stream"
+    for i in range(0, len(values), per_request):
+        chunk = values[i:i + per_request]
+        body = {"inputs": [{"name": "input", "shape": [1, len(chunk)], "datatype": "FP32", "data": chunk}],
+                "parameters": {"sequence_id": f"{window_model}-{per_request}", "sequence_start": i == 0}}
+        status, answer = stream_server.json("POST", f"/v2/models/{stream}/infer", body)
+        assert status == 200, answer
+        seen = values[:i + len(chunk)]
+        whole = {"inputs": [{"name": "input", "shape": [1, len(seen)], "datatype": "FP32", "data": seen}]}
+        status, expected = stream_server.json("POST", f"/v2/models/{window_model}/infer", whole)
+        assert status == 200, expected
+        got, want = np.array(answer["outputs"][0]["data"]), np.array(expected["outputs"][0]["data"])
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max()))), (i, got, want)
