@@ -1,8 +1,9 @@
 """Datasets: the ones shipped inside scikit-learn and statsmodels and a user's own files, with deterministic,
 recorded train/validation/test splits, and the arrangement of features into the form an architecture takes.
 
-Three kinds of data: `table` (X [N, F]), `image` (X [N, C, H, W]) and `series` (one series [N], cut into
-sliding windows of `window` past values and the `horizon` values that follow). Series split by time.
+Four kinds of data: `table` (X [N, F]), `image` (X [N, C, H, W]), `series` (one series [N], cut into
+sliding windows of `window` past values and the `horizon` values that follow; split by time) and `text`
+(X: str [N]; training/textdata.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Dataset:
     """
 
     name: str
-    kind: str  # table, image or series
+    kind: str  # table, image, series or text
     task: str  # the default task; a config may pick another one the data supports
     X: np.ndarray  # table [N, F], image [N, C, H, W], series [N] (float32)
     y: np.ndarray | None  # class indices (int64) or values (float32); None for a series
@@ -130,21 +131,33 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
 }
 
 
+def _fortunes() -> Dataset:
+    from training.textdata import fortunes
+
+    return fortunes()
+
+
+# Bundled text datasets: they install system packages, so `list` does not load them.
+TEXT_DATASETS: dict[str, Callable[[], Dataset]] = {"fortunes": _fortunes}
+
+
 def load_dataset(name: str, options: dict | None = None) -> Dataset:
     """A bundled dataset by name, or a user's file or folder (.csv, .npz, a folder of class folders)."""
     if name in DATASETS:
         return DATASETS[name]()
+    if name in TEXT_DATASETS:
+        return TEXT_DATASETS[name]()
     path = Path(name)
     if path.suffix.lower() in (".csv", ".npz") or path.is_dir():
         return load_user_dataset(path, options or {})
-    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}, "
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted({**DATASETS, **TEXT_DATASETS})}, "
                      "or a path to a .csv, a .npz or a folder of class folders")
 
 
 def dataset_label(dataset: str) -> str:
     """A short, filesystem-safe name for a dataset, for run folders: a bundled dataset's name ("wine"), a file's
     stem and kind ("wine-csv" for data/wine.csv), a folder's own name ("pets" for /data/pets/)."""
-    if dataset in DATASETS:
+    if dataset in DATASETS or dataset in TEXT_DATASETS:
         return dataset
     path = Path(dataset)
     if path.suffix.lower() in (".csv", ".npz"):
@@ -159,9 +172,13 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
     """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders.
 
     The dataset is named by the file's or folder's own name, never by the directories above it."""
-    from training import datafiles, imagefiles
+    from training import datafiles, imagefiles, textdata
 
     task = options.get("task")
+    if path.suffix.lower() == ".csv" and "text" in options:  # texts and their classes
+        return textdata.read_text_csv(path, options["text"], options.get("target", "target"))
+    if path.is_dir() and textdata.is_text_folder(path):  # class folders of .txt files
+        return textdata.read_text_folder(path)
     if path.suffix.lower() == ".csv":
         if "target" not in options:  # a series: the named column, or the file's only one
             columns = datafiles.csv_columns(path)
