@@ -131,10 +131,19 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
 }
 
 
+def text_dataset(corpus) -> Dataset:
+    """A Dataset of kind `text` (X: str [N]) from a training.textdata.TextCorpus."""
+    X = np.empty(len(corpus.texts), dtype=object)
+    X[:] = corpus.texts
+    return Dataset(corpus.name, "text", "multiclass", X, corpus.y, corpus.classes, corpus.description,
+                   source=corpus.source, sample="a UTF-8 string",
+                   loading=["runs of whitespace (newlines, tabs) become one space; ends stripped"])
+
+
 def _fortunes() -> Dataset:
     from training.textdata import fortunes
 
-    return fortunes()
+    return text_dataset(fortunes())
 
 
 # Bundled text datasets: they install system packages, so `list` does not load them.
@@ -176,9 +185,9 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
 
     task = options.get("task")
     if path.suffix.lower() == ".csv" and "text" in options:  # texts and their classes
-        return textdata.read_text_csv(path, options["text"], options.get("target", "target"))
+        return text_dataset(textdata.read_text_csv(path, options["text"], options.get("target", "target")))
     if path.is_dir() and textdata.is_text_folder(path):  # class folders of .txt files
-        return textdata.read_text_folder(path)
+        return text_dataset(textdata.read_text_folder(path))
     if path.suffix.lower() == ".csv":
         if "target" not in options:  # a series: the named column, or the file's only one
             columns = datafiles.csv_columns(path)

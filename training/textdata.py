@@ -1,8 +1,8 @@
-"""Text datasets: a folder of class folders of .txt files, a CSV with a text column, and the bundled `fortunes`
-(Debian's fortune cookie collections in eleven languages), as training.data.Dataset of kind `text`.
+"""Text corpora: a folder of class folders of .txt files, a CSV with a text column, and the bundled `fortunes`
+(Debian's fortune cookie collections in eleven languages); training.data turns each into a Dataset of kind `text`.
 
-A text dataset's X is an object array of str [N]. Entries are deduplicated, and split by a hash of each entry
-(`hash_split`), so that a text repeated across files cannot land in both train and test.
+Entries are deduplicated, and split by a hash of each entry (`hash_split`), so that a text repeated across files
+cannot land in both train and test.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,18 @@ MIN_ENTRIES = 300  # a language with fewer distinct entries is left out
 MIN_LETTERS = 12  # an entry with fewer letters (ASCII art, a bare name) is left out
 MAX_CHARS = 400  # longer entries (stories, ASCII art) are left out: the model reads sentences
 INSTALL = "apt-get install -y --no-install-recommends " + " ".join(FORTUNE_PACKAGES.values())
+
+
+@dataclass
+class TextCorpus:
+    """Distinct texts and their class indices into `classes`, with where they came from."""
+
+    name: str
+    texts: list[str]
+    y: np.ndarray  # int64 [N]
+    classes: list[str]
+    source: str  # bundled, file or folder
+    description: str
 
 
 def normalize(text: str) -> str:
@@ -114,7 +127,7 @@ def fortunes_entries() -> dict[str, list[str]]:
     return entries
 
 
-def fortunes():
+def fortunes() -> TextCorpus:
     """The bundled `fortunes` dataset: distinct fortune entries labelled with their language (languages with at
     least MIN_ENTRIES distinct entries)."""
     entries = fortunes_entries()
@@ -123,31 +136,24 @@ def fortunes():
     counts = {lang: labels.count(lang) for lang in FORTUNE_PACKAGES}
     kept = [lang for lang in FORTUNE_PACKAGES if counts[lang] >= MIN_ENTRIES]
     pairs = [(t, lab) for t, lab in zip(texts, labels) if lab in kept]
-    return text_dataset("fortunes", [t for t, _ in pairs], [lab for _, lab in pairs], kept, "bundled",
+    return text_corpus("fortunes", [t for t, _ in pairs], [lab for _, lab in pairs], kept, "bundled",
                         f"Debian fortune cookies: {len(pairs)} distinct entries of up to {MAX_CHARS} characters in "
                         f"{len(kept)} languages ({', '.join(f'{k} {counts[k]}' for k in kept)})")
 
 
-def text_dataset(name: str, texts: list[str], labels: list[str], classes: list[str], source: str, description: str):
-    """A Dataset of kind `text` from texts and their class names (deduplicated here)."""
-    from training.data import Dataset
-
+def text_corpus(name: str, texts: list[str], labels: list[str], classes: list[str], source: str,
+                description: str) -> TextCorpus:
+    """A corpus from texts and their class names (deduplicated here)."""
     texts, labels = dedupe(texts, labels)
     if len(set(labels)) < 2:
         raise ValueError(f"{name}: expected texts of at least 2 classes, found {sorted(set(labels))}")
     index = {c: i for i, c in enumerate(classes)}
-    X = np.empty(len(texts), dtype=object)
-    X[:] = texts
-    return Dataset(name, "text", "multiclass", X, np.array([index[lab] for lab in labels], dtype=np.int64),
-                   list(classes), description, source=source,
-                   loading=["runs of whitespace (newlines, tabs) become one space; ends stripped"],
-                   sample="a UTF-8 string")
+    return TextCorpus(name, texts, np.array([index[lab] for lab in labels], dtype=np.int64), list(classes), source,
+                      description)
 
 
-def read_text_folder(path: Path):
+def read_text_folder(path: Path) -> TextCorpus:
     """A folder with one sub-folder of .txt files per class; each file is one sample."""
-    from training.data import folder_name
-
     path = Path(path)
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and any(d.glob("*.txt")))
     if len(classes) < 2:
@@ -162,12 +168,12 @@ def read_text_folder(path: Path):
             if text:
                 texts.append(text)
                 labels.append(label)
-    name = f"{folder_name(path)}/"
-    return text_dataset(name, texts, labels, classes, "folder",
+    name = f"{path.name or path.resolve().name or 'data'}/"
+    return text_corpus(name, texts, labels, classes, "folder",
                         f"{len(texts)} texts in {len(classes)} class folders of {name}")
 
 
-def read_text_csv(path: Path, text: str, target: str):
+def read_text_csv(path: Path, text: str, target: str) -> TextCorpus:
     """A CSV with a text column (data.text) and a class column (data.target)."""
     from training.datafiles import DataFileError, _column_index, _read_csv
 
@@ -178,7 +184,7 @@ def read_text_csv(path: Path, text: str, target: str):
     if not pairs:
         raise DataFileError(f"{p}: column {text!r} holds no text")
     classes = sorted({lab for _, lab in pairs})
-    return text_dataset(p.name, [x for x, _ in pairs], [lab for _, lab in pairs], classes, "file",
+    return text_corpus(p.name, [x for x, _ in pairs], [lab for _, lab in pairs], classes, "file",
                         f"{p.name}: texts of column {text!r}, classes of column {target!r}")
 
 
