@@ -24,9 +24,10 @@ from torch import nn
 from training.architectures.text_transformer import ServedTextClassifier, TextTransformer, TextTransformerConfig
 from training.config import RunConfig, check_fields
 from training.runs import Summary, library_versions
-from training.texttokens import build_vocab, encode, pad
+from training.texttokens import FIRST_WORD_ID, build_vocab, encode, pad, unknown_id
 
 TEXT_ARCHS = ("text-transformer",)
+DATA_KEYS = ("vocab_per_class", "word_dropout")  # model-table keys that shape the data, not the network
 EVAL_BATCH = 512
 
 
@@ -63,9 +64,10 @@ def load_text(config: RunConfig) -> TextData:
 
 
 def network_hyper(config: RunConfig, vocab: list[str], classes: int) -> dict:
-    model = {k: v for k, v in config.model.items() if k != "vocab_per_class"}
+    model = {k: v for k, v in config.model.items() if k not in DATA_KEYS}
     model = check_fields(TextTransformerConfig, model, "model", counts=True)
-    return dataclasses.asdict(TextTransformerConfig(**{**model, "vocab_size": len(vocab) + 3, "out_features": classes}))
+    return dataclasses.asdict(TextTransformerConfig(**{**model, "vocab_size": len(vocab) + FIRST_WORD_ID,
+                                                       "out_features": classes}))
 
 
 def predict(model: nn.Module, ids: list[list[int]]) -> np.ndarray:
@@ -119,7 +121,7 @@ def batches(ids: list[list[int]], batch: int, generator: torch.Generator):
         yield chunks[k]
 
 
-def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: TextData, out: Path,
+def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: TextData, vocab: list[str], out: Path,
                  log: Callable[[str], None]) -> dict:
     """The epoch loop: AdamW, a linear warm-up then cosine decay per step, best val accuracy kept in best.pt."""
     opt = config.optimizer
@@ -130,14 +132,20 @@ def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: Te
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(config.seed)
     y_train = torch.from_numpy(texts.y("train"))
+    # word dropout: a share of the known words is replaced by the id it would get if it were unknown, so that the
+    # unknown-word ids are learned from many examples
+    fallback = torch.tensor(list(range(FIRST_WORD_ID)) + [unknown_id(w) for w in vocab])
+    p_drop = float(config.model.get("word_dropout", 0.1))
     best = {"val_accuracy": -1.0, "epoch": 0}
     with (out / "metrics.jsonl").open("w") as rows:
         for epoch in range(1, config.train.epochs + 1):
             model.train()
             total, seen = 0.0, 0
             for chunk in batches(ids["train"], config.train.batch_size, generator):
-                loss = nn.functional.cross_entropy(model(torch.from_numpy(pad([ids["train"][j] for j in chunk]))),
-                                                   y_train[chunk])
+                batch = torch.from_numpy(pad([ids["train"][j] for j in chunk]))
+                drop = (torch.rand(batch.shape, generator=generator) < p_drop) & (batch >= FIRST_WORD_ID)
+                batch = torch.where(drop, fallback[batch], batch)
+                loss = nn.functional.cross_entropy(model(batch), y_train[chunk])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip or 1.0)
@@ -180,7 +188,7 @@ def _fit_text(config: RunConfig, out: Path, log: Callable[[str], None], quiet: b
                                                  "config_sha256": config.sha256()}, indent=2) + "\n")
     ids = {p: encode(texts.texts(p), vocab) for p in ("train", "val", "test")}
     model = TextTransformer(TextTransformerConfig(**hyper))
-    best = train_epochs(config, model, ids, texts, out, log if not quiet else (lambda _m: None))
+    best = train_epochs(config, model, ids, texts, vocab, out, log if not quiet else (lambda _m: None))
     train_seconds = time.perf_counter() - started
     model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     test = classification_metrics(predict(model, ids["test"]), texts.y("test"), len(data.labels))

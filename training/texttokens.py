@@ -1,17 +1,24 @@
 """Word tokenization with standard ONNX operators, and the same tokenization in Python for training.
 
 The graph front-end is StringNormalizer (lower case, locale C.UTF-8) -> StringSplit (opset 20, runs of spaces)
--> LabelEncoder (ai.onnx.ml: word -> id, out-of-vocabulary -> UNK) -> the first MAX_WORDS words -> a CLS id in
-front. `encode` does exactly this in Python; the parity tests hold the two together.
+-> LabelEncoder (ai.onnx.ml: word -> id, out-of-vocabulary -> UNK) -> RegexFullMatch (opset 20: an unknown word
+gets the id of the first UNKNOWN_GROUPS class of letters it holds, so that it keeps its script and diacritics)
+-> the first MAX_WORDS words -> a CLS id in front. `encode` does exactly this in Python; the parity tests hold the
+two together.
 """
 
 from __future__ import annotations
 
 import collections
+import re
 
 import numpy as np
 
-PAD, UNK, CLS = 0, 1, 2  # ids 0-2; words start at 3
+PAD, UNK, CLS = 0, 1, 2  # then one id per UNKNOWN_GROUPS class, then the words (FIRST_WORD_ID on)
+# Letters an unknown word may hold, in priority order (after lower-casing): the first class it holds names its id.
+UNKNOWN_GROUPS = ("ыэё", "ъѝ", "Ѐ-ӿ", "ąęłńśźż", "řůěčšžťďňý", "ĉĝĥĵŝŭ", "ãõç", "ñ¿¡", "ßäöü", "àèìòù",
+                  "áéíóúâêô", "a-z", "0-9")
+FIRST_WORD_ID = 3 + len(UNKNOWN_GROUPS)
 MAX_WORDS = 64  # words after the first 64 are cut off (the CLS id makes at most 65 steps)
 LOCALE = "C.UTF-8"  # built into glibc: no locale package needed (ORT's default en_US.UTF-8 often is missing)
 ML_OPSET = 3  # ai.onnx.ml version of LabelEncoder with keys_strings / values_int64s and default_int64
@@ -39,10 +46,21 @@ def build_vocab(texts, labels, per_class: int) -> list[str]:
     return sorted({w for c in sorted(counts) for w, _ in counts[c].most_common(per_class)})
 
 
+_GROUP_PATTERNS = [f"(?s).*[{chars}].*" for chars in UNKNOWN_GROUPS]  # RE2 and Python's re read them alike
+
+
+def unknown_id(word: str) -> int:
+    """The id of a word that is not in the vocabulary: its first UNKNOWN_GROUPS class, else UNK."""
+    for k, pattern in enumerate(_GROUP_PATTERNS):
+        if re.fullmatch(pattern, word):
+            return 3 + k
+    return UNK
+
+
 def encode(texts, vocab: list[str]) -> list[list[int]]:
-    """Each text as ids: CLS, then the ids of its first MAX_WORDS words (UNK for a word not in `vocab`)."""
-    index = {w: i + 3 for i, w in enumerate(vocab)}
-    return [[CLS] + [index.get(w, UNK) for w in words(t)[:MAX_WORDS]] for t in texts]
+    """Each text as ids: CLS, then the ids of its first MAX_WORDS words (`unknown_id` for a word not in `vocab`)."""
+    index = {w: i + FIRST_WORD_ID for i, w in enumerate(vocab)}
+    return [[CLS] + [index[w] if w in index else unknown_id(w) for w in words(t)[:MAX_WORDS]] for t in texts]
 
 
 def pad(ids: list[list[int]]) -> np.ndarray:
@@ -51,6 +69,23 @@ def pad(ids: list[list[int]]) -> np.ndarray:
     for i, row in enumerate(ids):
         out[i, :len(row)] = row
     return out
+
+
+def _unknown_groups(ids: str, out: str, const) -> list:
+    """Nodes that give each unknown word (id UNK) the id of the first UNKNOWN_GROUPS class of letters it holds."""
+    from onnx import helper
+
+    nodes = [const("unk", [UNK]), helper.make_node("Equal", [ids, "unk"], ["unknown"])]
+    current = ids
+    for k, pattern in enumerate(_GROUP_PATTERNS):
+        nodes += [helper.make_node("RegexFullMatch", ["split_words"], [f"has_{k}"], pattern=pattern),
+                  helper.make_node("And", ["unknown", f"has_{k}"], [f"take_{k}"]),
+                  const(f"group_{k}", [3 + k]),
+                  helper.make_node("Equal", [current, "unk"], [f"still_{k}"]),
+                  helper.make_node("And", [f"take_{k}", f"still_{k}"], [f"set_{k}"]),
+                  helper.make_node("Where", [f"set_{k}", f"group_{k}", current], [f"ids_{k}"])]
+        current = f"ids_{k}"
+    return nodes + [helper.make_node("Identity", [current], [out])]
 
 
 def tokenizer_graph(vocab: list[str], input_name: str = "text", output_name: str = "ids"):
@@ -66,10 +101,12 @@ def tokenizer_graph(vocab: list[str], input_name: str = "text", output_name: str
         helper.make_node("StringSplit", ["lowered"], ["split_words", "word_counts"]),  # [B, W], padded with ""
         # "" (the split's padding) -> PAD; a word not in the vocabulary -> UNK
         helper.make_node("LabelEncoder", ["split_words"], ["word_ids"], domain="ai.onnx.ml",
-                         keys_strings=[""] + list(vocab), values_int64s=[PAD] + list(range(3, len(vocab) + 3)),
+                         keys_strings=[""] + list(vocab),
+                         values_int64s=[PAD] + list(range(FIRST_WORD_ID, len(vocab) + FIRST_WORD_ID)),
                          default_int64=UNK),
+        *_unknown_groups("word_ids", "grouped_ids", const),
         const("starts", [0]), const("ends", [MAX_WORDS]), const("axes", [1]),
-        helper.make_node("Slice", ["word_ids", "starts", "ends", "axes"], ["kept"]),  # [B, min(W, MAX_WORDS)]
+        helper.make_node("Slice", ["grouped_ids", "starts", "ends", "axes"], ["kept"]),  # [B, min(W, MAX_WORDS)]
         helper.make_node("Shape", [input_name], ["batch"]),
         const("one", [1]), const("cls", [CLS]),
         helper.make_node("Concat", ["batch", "one"], ["cls_shape"], axis=0),

@@ -12,7 +12,7 @@ from training.architectures.transformer import sinusoidal_encoding
 
 @dataclass
 class TextTransformerConfig:
-    vocab_size: int = 1000  # ids, the 3 special ones (PAD 0, UNK 1, CLS 2) included
+    vocab_size: int = 1000  # ids, the special ones (PAD 0, UNK 1, CLS 2, the unknown-word classes) included
     out_features: int = 2
     d_model: int = 48
     nhead: int = 4
@@ -20,7 +20,6 @@ class TextTransformerConfig:
     dim_feedforward: int = 96
     dropout: float = 0.1
     max_len: int = 65  # positions: the CLS id and up to 64 words
-    word_dropout: float = 0.1  # training only: this share of word ids become UNK, so UNK is learned
 
 
 class TextTransformer(nn.Module):
@@ -42,9 +41,6 @@ class TextTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         padding = ids == 0  # [B, T], True = padding; the CLS id keeps at least one step valid
-        if self.training and self.config.word_dropout > 0:
-            drop = (torch.rand(ids.shape, device=ids.device) < self.config.word_dropout) & (ids > 2)
-            ids = ids.masked_fill(drop, 1)
         h = self.embed(ids) * self.config.d_model ** 0.5 + self.pe[:ids.size(1)]  # [B, T, C]
         h = self.encoder(self.dropout(h), src_key_padding_mask=padding)
         valid = (~padding).unsqueeze(-1).to(h.dtype)  # [B, T, 1]
