@@ -1,9 +1,8 @@
 """Datasets: the ones shipped inside scikit-learn and statsmodels and a user's own files, with deterministic,
 recorded train/validation/test splits, and the arrangement of features into the form an architecture takes.
 
-Four kinds of data: `table` (X [N, F]), `image` (X [N, C, H, W]), `series` (one series [N], cut into
-sliding windows of `window` past values and the `horizon` values that follow; split by time) and `text`
-(X: str [N]; training/textdata.py).
+Four kinds: `table` (X [N, F]), `image` (X [N, C, H, W]), `series` (one series [N], cut into sliding windows of
+`window` past values and the `horizon` values that follow; split by time) and `text` (str [N]; training/textdata.py).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from service.artifact import DATASET_SOURCES
+from training import textdata
 
 FORMS = ("table", "image", "sequence")  # what an architecture takes: [B, F], [B, C, H, W] or [B, T, F]
 
@@ -131,42 +131,30 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
 }
 
 
-def text_dataset(corpus) -> Dataset:
-    """A Dataset of kind `text` (X: str [N]) from a training.textdata.TextCorpus."""
-    X = np.empty(len(corpus.texts), dtype=object)
-    X[:] = corpus.texts
-    return Dataset(corpus.name, "text", "multiclass", X, corpus.y, corpus.classes, corpus.description,
-                   source=corpus.source, sample="a UTF-8 string",
+def text_dataset(corpus: textdata.TextCorpus) -> Dataset:
+    """A Dataset of kind `text` (X: str [N])."""
+    return Dataset(corpus.name, "text", "multiclass", np.array(corpus.texts + [None], dtype=object)[:-1], corpus.y,
+                   corpus.classes, corpus.description, source=corpus.source, sample="a UTF-8 string",
                    loading=["runs of whitespace (newlines, tabs) become one space; ends stripped"])
-
-
-def _fortunes() -> Dataset:
-    from training.textdata import fortunes
-
-    return text_dataset(fortunes())
-
-
-# Bundled text datasets: they install system packages, so `list` does not load them.
-TEXT_DATASETS: dict[str, Callable[[], Dataset]] = {"fortunes": _fortunes}
 
 
 def load_dataset(name: str, options: dict | None = None) -> Dataset:
     """A bundled dataset by name, or a user's file or folder (.csv, .npz, a folder of class folders)."""
     if name in DATASETS:
         return DATASETS[name]()
-    if name in TEXT_DATASETS:
-        return TEXT_DATASETS[name]()
+    if textdata.is_text_source(name, options or {}):  # `fortunes`, a CSV with data.text, class folders of .txt
+        return text_dataset(textdata.load_corpus(name, options or {}))
     path = Path(name)
     if path.suffix.lower() in (".csv", ".npz") or path.is_dir():
         return load_user_dataset(path, options or {})
-    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted({**DATASETS, **TEXT_DATASETS})}, "
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted([*DATASETS, *textdata.TEXT_DATASETS])}, "
                      "or a path to a .csv, a .npz or a folder of class folders")
 
 
 def dataset_label(dataset: str) -> str:
     """A short, filesystem-safe name for a dataset, for run folders: a bundled dataset's name ("wine"), a file's
     stem and kind ("wine-csv" for data/wine.csv), a folder's own name ("pets" for /data/pets/)."""
-    if dataset in DATASETS or dataset in TEXT_DATASETS:
+    if dataset in DATASETS or dataset in textdata.TEXT_DATASETS:
         return dataset
     path = Path(dataset)
     if path.suffix.lower() in (".csv", ".npz"):
@@ -181,13 +169,9 @@ def load_user_dataset(path: Path, options: dict) -> Dataset:
     """A user's data: CSV (feature columns and a `target`, or one `series` column), NPZ (X, y), image folders.
 
     The dataset is named by the file's or folder's own name, never by the directories above it."""
-    from training import datafiles, imagefiles, textdata
+    from training import datafiles, imagefiles
 
     task = options.get("task")
-    if path.suffix.lower() == ".csv" and "text" in options:  # texts and their classes
-        return text_dataset(textdata.read_text_csv(path, options["text"], options.get("target", "target")))
-    if path.is_dir() and textdata.is_text_folder(path):  # class folders of .txt files
-        return text_dataset(textdata.read_text_folder(path))
     if path.suffix.lower() == ".csv":
         if "target" not in options:  # a series: the named column, or the file's only one
             columns = datafiles.csv_columns(path)

@@ -188,6 +188,20 @@ def read_text_csv(path: Path, text: str, target: str) -> TextCorpus:
                         f"{p.name}: texts of column {text!r}, classes of column {target!r}")
 
 
-def is_text_folder(path: Path) -> bool:
-    """Whether a folder holds class folders of .txt files (rather than images)."""
-    return Path(path).is_dir() and any(Path(path).glob("*/*.txt"))
+TEXT_DATASETS = ("fortunes",)  # bundled; it installs system packages, so `python -m training list` leaves it out
+
+
+def is_text_source(name: str, options: dict) -> bool:
+    """Whether a dataset name is text: `fortunes`, a CSV given data.text, or a folder of class folders of .txt."""
+    path = Path(name)
+    return name in TEXT_DATASETS or (path.suffix.lower() == ".csv" and "text" in options) or \
+        (path.is_dir() and any(path.glob("*/*.txt")))
+
+
+def load_corpus(name: str, options: dict) -> TextCorpus:
+    """The text corpus a dataset name stands for (see `is_text_source`)."""
+    if name in TEXT_DATASETS:
+        return fortunes()
+    if Path(name).suffix.lower() == ".csv":
+        return read_text_csv(Path(name), options["text"], options.get("target", "target"))
+    return read_text_folder(Path(name))
