@@ -91,3 +91,13 @@ def test_the_exported_text_model_matches_torch_and_ignores_batch_and_padding(tin
     np.testing.assert_allclose(together, alone, atol=1e-5)
     np.testing.assert_allclose(together, predict(model, encode(texts, vocab)), atol=1e-5)
     assert np.allclose(together.sum(1), 1, atol=1e-5) and together.shape == (len(texts), 3)
+
+
+def test_fit_and_export_commands_train_and_publish_a_text_model(tmp_path):
+    from training.__main__ import main
+
+    folder = write_text_folder(tmp_path / "langs", count=40)
+    assert main(["fit", "fortunes-language", "--set", f"dataset={str(folder)!r}", "--set", "train.epochs=1",
+                 "--set", "model.d_model=16", "--set", "model.nhead=2", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--name", "langs", "--models", str(tmp_path / "models")]) == 0
+    assert main(["check", str(tmp_path / "models")]) == 0
