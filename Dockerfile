@@ -27,7 +27,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     NNSERVE_PORT=8080 \
     NNSERVE_GRPC_PORT=8081 \
     NNSERVE_MODELS=/models
-# nginx fronts the gRPC port (docs/grpc.md)
+# nginx fronts the gRPC port (docs/grpc.md). Text models lower-case in the C.UTF-8 locale, which glibc builds in:
+# no locales package is needed (docs/text.md).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx \

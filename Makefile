@@ -40,8 +40,16 @@ serve: $(SERVE_VENV)/.installed
 	$(NGINX_INSTALL) || echo "make serve: nginx could not be installed; grpcio alone serves gRPC (docs/grpc.md)"
 	$(SERVE_VENV)/bin/python -m service --host $(HOST) --port $(PORT) --models $(MODELS)
 
+# Debian's fortune cookie collections: the text of the fortunes-language model (training/textdata.py); make test
+# checks the shipped model against them.
+FORTUNES = fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-pl fortunes-ru fortunes-cs fortunes-bg \
+	fortunes-eo fortunes-ga
+FORTUNES_INSTALL = dpkg -s $(FORTUNES) >/dev/null 2>&1 || \
+	(apt-get update -qq && apt-get install -y -qq --no-install-recommends $(FORTUNES))
+
 test: $(DEV_VENV)/.installed
 	$(NGINX_INSTALL)
+	$(FORTUNES_INSTALL)
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The images, built and run for real: podman from Debian (deploy/container/setup-podman.sh), a local
@@ -134,3 +142,5 @@ bench: $(SERVE_VENV)/.installed $(DEV_VENV)/.installed .venv-pytriton/.installed
 	$(DEV_VENV)/bin/python -m bench.many_models --out bench/results/many_models.json
 	$(DEV_VENV)/bin/python -m bench.big_model --out bench/results/big_model.json
 	$(SERVE_VENV)/bin/python -m bench.tensor_cost --out bench/results/tensor_cost.json
+	$(DEV_VENV)/bin/python -m bench.stream_cost
+	$(SERVE_VENV)/bin/python -m bench.sequence_table

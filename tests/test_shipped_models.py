@@ -17,6 +17,7 @@ from training.export import predictor_metrics
 from training.prepare import prepare
 from training.stream import STREAM_SUFFIX, stream_predictor
 from training.verify import metric_matches, ort_predictor
+from training.textfit import TEXT_ARCHS
 from training.zoo import ZOO, stream_names, target_met
 
 ALL_SHIPPED = [(name, version) for name in artifact.list_models(SHIPPED_MODELS)
@@ -40,6 +41,9 @@ def _feed(spec: dict, batch: int, steps: int | None, rng) -> np.ndarray:
     shape = [batch] + [steps if d == -1 else d for d in spec["shape"][1:]]
     if spec["datatype"] == "INT64":
         return rng.integers(0, 10, shape).astype(np.int64)
+    if spec["datatype"] == "BYTES":  # sentences of different lengths, in several scripts
+        words = ["the", "Hund", "très", "кот", "日本語", "😀", "día", "ŻÓŁW"]
+        return np.array([" ".join(rng.choice(words, int(rng.integers(0, 80)))) for _ in range(batch)], dtype=object)
     return rng.uniform(0, 16, shape).astype(np.float32)
 
 
@@ -82,11 +86,14 @@ def test_shipped_model_loads_matches_its_config_and_reaches_its_bar(name, versio
     assert meta["training"]["config_sha256"] == config.sha256(), (
         f"{name} was built from a config that has changed since; retrain it with `python -m training zoo`")
 
-    prepared = prepare(config)
-    assert prepared.split.describe() == meta["training"]["split"]
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    plan = types.SimpleNamespace(inputs=meta["inputs"], outputs=meta["outputs"])
-    metrics = predictor_metrics(ort_predictor(session, plan), config, prepared, tmp_path)
+    if config.arch in TEXT_ARCHS:
+        metrics = _text_metrics(config, meta, session)
+    else:
+        prepared = prepare(config)
+        assert prepared.split.describe() == meta["training"]["split"]
+        plan = types.SimpleNamespace(inputs=meta["inputs"], outputs=meta["outputs"])
+        metrics = predictor_metrics(ort_predictor(session, plan), config, prepared, tmp_path)
     recorded = meta["training"]["metrics"]
     headline = meta["training"]["headline_metric"]
     assert metric_matches(headline, metrics[headline], recorded[f"onnx_test_{headline}"])
@@ -123,6 +130,21 @@ def test_shipped_stream_model_streams_as_its_window_model_and_reaches_its_bar(na
     summary = {"task": meta["task"], "metrics": {f"test_{k}": v for k, v in metrics.items()},
                "baseline": meta["training"]["baseline"]}
     assert target_met(name, summary), f"{name}: streamed {headline} {metrics[headline]:.4f} misses the zoo's bar"
+
+
+def _text_metrics(config, meta: dict, session) -> dict:
+    """A text model's test accuracy through ONNX Runtime on its own split (its data: Debian's fortune packages)."""
+    from training.textdata import FORTUNE_PACKAGES, _installed
+    from training.textfit import classification_metrics, load_text
+
+    if config.dataset == "fortunes" and not all(_installed(p) for p in FORTUNE_PACKAGES.values()):
+        pytest.skip("the fortune packages are not installed (python -m training zoo --only fortunes-language "
+                    "installs them)")
+    texts = load_text(config)
+    assert texts.describe(config.seed) == meta["training"]["split"]
+    test = np.array(texts.texts("test"), dtype=object)
+    probs = np.concatenate([session.run(None, {"text": test[i:i + 512]})[0] for i in range(0, len(test), 512)])
+    return {"accuracy": classification_metrics(probs, texts.y("test"), len(meta["labels"]))["accuracy"]}
 
 
 def _pages_with(marker: str) -> list[Path]:

@@ -1,8 +1,8 @@
 """Datasets: the ones shipped inside scikit-learn and statsmodels and a user's own files, with deterministic,
 recorded train/validation/test splits, and the arrangement of features into the form an architecture takes.
 
-Three kinds of data: `table` (X [N, F]), `image` (X [N, C, H, W]) and `series` (one series [N], cut into
-sliding windows of `window` past values and the `horizon` values that follow). Series split by time.
+Four kinds: `table` (X [N, F]), `image` (X [N, C, H, W]), `series` (one series [N], cut into sliding windows of
+`window` past values and the `horizon` values that follow; split by time) and `text` (str [N]; training/textdata.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from service.artifact import DATASET_SOURCES
+from training import textdata
 
 FORMS = ("table", "image", "sequence")  # what an architecture takes: [B, F], [B, C, H, W] or [B, T, F]
 
@@ -36,7 +37,7 @@ class Dataset:
     """
 
     name: str
-    kind: str  # table, image or series
+    kind: str  # table, image, series or text
     task: str  # the default task; a config may pick another one the data supports
     X: np.ndarray  # table [N, F], image [N, C, H, W], series [N] (float32)
     y: np.ndarray | None  # class indices (int64) or values (float32); None for a series
@@ -130,21 +131,30 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
 }
 
 
+def text_dataset(corpus: textdata.TextCorpus) -> Dataset:
+    """A Dataset of kind `text` (X: str [N])."""
+    return Dataset(corpus.name, "text", "multiclass", np.array(corpus.texts + [None], dtype=object)[:-1], corpus.y,
+                   corpus.classes, corpus.description, source=corpus.source, sample="a UTF-8 string",
+                   loading=["runs of whitespace (newlines, tabs) become one space; ends stripped"])
+
+
 def load_dataset(name: str, options: dict | None = None) -> Dataset:
     """A bundled dataset by name, or a user's file or folder (.csv, .npz, a folder of class folders)."""
     if name in DATASETS:
         return DATASETS[name]()
+    if textdata.is_text_source(name, options or {}):  # `fortunes`, a CSV with data.text, class folders of .txt
+        return text_dataset(textdata.load_corpus(name, options or {}))
     path = Path(name)
     if path.suffix.lower() in (".csv", ".npz") or path.is_dir():
         return load_user_dataset(path, options or {})
-    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}, "
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted([*DATASETS, *textdata.TEXT_DATASETS])}, "
                      "or a path to a .csv, a .npz or a folder of class folders")
 
 
 def dataset_label(dataset: str) -> str:
     """A short, filesystem-safe name for a dataset, for run folders: a bundled dataset's name ("wine"), a file's
     stem and kind ("wine-csv" for data/wine.csv), a folder's own name ("pets" for /data/pets/)."""
-    if dataset in DATASETS:
+    if dataset in DATASETS or dataset in textdata.TEXT_DATASETS:
         return dataset
     path = Path(dataset)
     if path.suffix.lower() in (".csv", ".npz"):

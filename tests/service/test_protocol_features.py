@@ -35,6 +35,10 @@ def random_inputs(meta: dict, batch: int, steps: int, rng) -> dict[str, np.ndarr
         shape = [batch] + [steps if d == -1 else d for d in spec["shape"][1:]]
         if spec["datatype"] == "INT64":
             feeds[spec["name"]] = rng.integers(0, 10, shape).astype(np.int64)
+        elif spec["datatype"] == "BYTES":  # sentences of different lengths and scripts
+            words = ["der", "Hund", "très", "кот", "日本語", "😀", "día", "ŻÓŁW"]
+            feeds[spec["name"]] = np.array([" ".join(rng.choice(words, int(rng.integers(0, steps))))
+                                            for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
         else:
             feeds[spec["name"]] = rng.uniform(0, 16, shape).astype(np.float32) + (340 if "co2" in meta["name"] else 0)
     return feeds

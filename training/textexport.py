@@ -1,0 +1,171 @@
+"""Export a text run: the torch model (ids -> probabilities, dynamo) composed with the word front-end
+(training/texttokens.py) into one graph that takes a BYTES tensor [B] of UTF-8 strings; verified, then published.
+
+Parity is checked twice: the front-end's ids against `texttokens.encode` for ASCII, accents, CJK, emoji, empty and
+very long strings, and the whole graph's probabilities against torch on the same strings at several batch sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from service import artifact
+from training.architectures.text_transformer import ServedTextClassifier
+from training.export import OPSET, ExportError, without_stack_traces
+from training.textfit import classification_metrics, load_text, load_text_run, predict
+from training.texttokens import MAX_WORDS, encode, pad, tokenizer_graph
+
+ATOL = 1e-5
+PARITY_TEXTS = ["Hello world, how are you?", "Ça va très bien, merci beaucoup!", "Привет, как дела?",
+                "日本語のテキスト 中文 한국어", "emoji 😀🎉 👍🏽 here", "", "   ", "ΟΔΟΣ İstanbul STRASSE",
+                " ".join(["word"] * 500), "x" * 10_000, "tab\tand\nnewline  double  space"]
+
+
+def torch_graph(model) -> object:
+    """ServedTextClassifier exported with dynamo: ids int64 [batch, sequence] -> probabilities [batch, C]."""
+    served = ServedTextClassifier(model).eval()
+    example = torch.from_numpy(pad(encode(["a b c", "d e f g"], [])))  # every dynamic dim >= 2
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=MAX_WORDS + 1)}
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(served, (example,), dynamo=True, external_data=False, opset_version=OPSET,
+                                    input_names=["ids"], output_names=["probabilities"], dynamic_shapes=(dims,),
+                                    verbose=False)
+    return without_stack_traces(program.model_proto)
+
+
+def compose(model, vocab: list[str]):
+    """The served graph: text STRING [B] -> probabilities FP32 [B, C]."""
+    import onnx
+    from onnx import compose as onnx_compose
+
+    front = tokenizer_graph(vocab)
+    body = torch_graph(model)
+    merged = onnx_compose.merge_models(front, body, io_map=[("ids", "ids")])
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def parity(graph, model, vocab: list[str]) -> tuple[dict, list[str]]:
+    """(the parity record, the problems): front-end ids and final probabilities against torch."""
+    import onnxruntime as ort
+
+    problems, checks = [], []
+    front = ort.InferenceSession(tokenizer_graph(vocab).SerializeToString(), providers=["CPUExecutionProvider"])
+    texts = np.array(PARITY_TEXTS + vocab[:30], dtype=object)
+    ids = front.run(None, {"text": texts})[0]
+    if not np.array_equal(ids, pad(encode(list(texts), vocab))):
+        problems.append("tokenizer: the graph's word ids differ from texttokens.encode")
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 5, 33, len(texts)):
+        part = texts[:batch]
+        got = session.run(None, {"text": part})[0]
+        want = predict(model, encode(list(part), vocab))
+        diff = float(np.abs(got - want).max())
+        checks.append({"input_shapes": [[batch]], "max_abs_diff": diff, "max_scaled_diff": diff})
+        if not diff <= ATOL:
+            problems.append(f"probabilities at batch {batch}: max |onnx - torch| {diff:.2e} > atol {ATOL:g}")
+    return {"rule": "max |onnx - torch| <= atol", "atol": ATOL, "checks": checks,
+            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "tokenizer_ids_equal": not problems}, problems
+
+
+def export_text_run(run_dir: Path) -> tuple[object, dict, dict, list[str], dict]:
+    """(graph, parity, ONNX test metrics, vocabulary, config.json) of a finished text run; ExportError on a failure."""
+    import onnxruntime as ort
+
+    from training.config import RunConfig
+
+    resolved, summary, vocab, model = load_text_run(run_dir)
+    graph = compose(model, vocab)
+    record, problems = parity(graph, model, vocab)
+    config = RunConfig.from_dict({k: v for k, v in resolved.items() if k not in ("network", "labels", "config_sha256")})
+    texts = load_text(config)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    test = np.array(texts.texts("test"), dtype=object)
+    probs = np.concatenate([session.run(None, {"text": test[i:i + 512]})[0] for i in range(0, len(test), 512)])
+    onnx_metrics = classification_metrics(probs, texts.y("test"), len(resolved["labels"]))
+    if abs(onnx_metrics["accuracy"] - summary.headline) > 0.001:
+        problems.append(f"test accuracy: ONNX {onnx_metrics['accuracy']:.4f}, torch {summary.headline:.4f}")
+    if problems:
+        raise ExportError(problems)
+    return graph, record, {"accuracy": onnx_metrics["accuracy"]}, vocab, resolved
+
+
+def build_text_metadata(run_dir: Path, name: str, version: int, record: dict, onnx_metrics: dict,
+                        vocab: list[str], resolved: dict) -> dict:
+    import onnx
+    import onnxruntime
+
+    from training.runs import Summary
+
+    summary = Summary.from_dict(json.loads((Path(run_dir) / "summary.json").read_text()))
+    labels = resolved["labels"]
+    return {
+        "schema_version": artifact.SCHEMA_VERSION, "name": name, "version": version,
+        "architecture": resolved["arch"], "task": "multiclass",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+        "labels": labels,
+        "task_params": {"max_words": MAX_WORDS, "vocabulary_size": len(vocab), "tokenizer": "words"},
+        "preprocessing": {
+            "in_graph": True, "input": "one UTF-8 string per sample",
+            "before_graph": ["nothing: send the raw UTF-8 sentence"],
+            "steps": ["lower-case (StringNormalizer, locale C.UTF-8)", "split on runs of spaces (StringSplit)",
+                      f"look each word up in a vocabulary of {len(vocab)} words (LabelEncoder; others: unknown)",
+                      f"keep the first {MAX_WORDS} words; a CLS id in front; pad and mask inside the graph"],
+            "input_shapes": {"text": "a UTF-8 sentence; words after the first 64 are ignored"},
+            "output": "class probabilities in the order of `labels`"},
+        "training": {
+            "dataset": summary.dataset, "dataset_source": summary.dataset_source,
+            "dataset_description": summary.dataset_description, "split": summary.split, "seed": summary.seed,
+            "headline_metric": "accuracy",
+            "metrics": {**summary.metrics, **{f"onnx_test_{k}": v for k, v in onnx_metrics.items()}},
+            "baseline": summary.baseline,
+            "hyperparameters": {**{k: resolved[k] for k in ("model", "optimizer", "train", "data")},
+                                "network": resolved["network"]},
+            "config_sha256": resolved["config_sha256"], "best_epoch": summary.best_epoch,
+            "epochs_run": summary.epochs_run, "train_seconds": summary.train_seconds,
+            "library_versions": summary.library_versions, "created_at": summary.created_at},
+        "export": {"opset": OPSET, "exporter": "torch.onnx dynamo, composed with a word front-end (onnx.compose)",
+                   "library_versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                                        "onnxruntime": onnxruntime.__version__},
+                   "parity": record},
+    }
+
+
+def publish_text_run(run_dir: Path, name: str, models_dir: Path, log: Callable[[str], None] = print) -> tuple[int, Path]:
+    """Export, verify and publish a text run as the next version of `name` (model card, config.pbtxt, plots)."""
+    import onnx
+
+    from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+    from training.textplots import confusion_plot
+
+    graph, record, onnx_metrics, vocab, resolved = export_text_run(run_dir)
+    plot = confusion_plot(Path(run_dir))
+    metas: dict[int, dict] = {}
+
+    def build(version: int) -> dict[str, bytes]:
+        meta = build_text_metadata(run_dir, name, version, record, onnx_metrics, vocab, resolved)
+        del graph.metadata_props[:]
+        onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
+        graph.producer_name = "nnserve"
+        files = {artifact.MODEL_FILENAME: graph.SerializeToString(), f"plots/{plot.name}": plot.read_bytes()}
+        example = np.array(["Der Hund schläft im Garten."], dtype=object)
+        files[CARD_FILENAME] = model_card(meta, [f"plots/{plot.name}"], [example]).encode()
+        meta["files"] = artifact.file_entries(files)
+        artifact.check_metadata(meta, f"{name} version {version}")
+        metas[version] = meta
+        return {**files, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
+
+    version, path = artifact.publish_version(models_dir, name, build,
+                                             lambda v: {TRITON_CONFIG: triton_config(metas[v]).encode()})
+    log(f"   published {name} version {version} at {path} (max |onnx - torch| {record['max_abs_diff']:.1e})")
+    return version, path

@@ -1,0 +1,34 @@
+"""The test confusion matrix of a text run (confusion.json), as a plot for the model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion_plot(run_dir: Path) -> Path:
+    """plots/confusion.png of the run: rows are the true classes, columns the predicted ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    record = json.loads((run_dir / "confusion.json").read_text())
+    labels, matrix = record["labels"], np.array(record["model"])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for i, j in np.ndindex(matrix.shape):
+        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test confusion matrix")
+    path = run_dir / "plots" / "confusion.png"
+    path.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
