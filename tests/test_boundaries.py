@@ -99,3 +99,26 @@ def test_training_has_no_import_cycle():
 
     for module in sorted(edges):
         visit(module, [])
+
+
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 350
+
+
+def test_no_function_over_60_lines_and_no_module_over_350_in_training_and_service():
+    """A newcomer reads any module in one sitting and any function on one screen."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    too_long = []
+    for path in sorted([*(ROOT / "service").rglob("*.py"), *(ROOT / "training").rglob("*.py")]):
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{where}:{node.lineno} {node.name}: {lines} lines")
+    assert too_long == []
