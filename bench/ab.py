@@ -2,8 +2,8 @@
 
     .venv-dev/bin/python -m bench.ab --before REV [--model digits-mlp] [--seconds 6] [--rounds 3]
 
-Both servers serve the same repository (this checkout's models/), each with its own code: the other commit is
-checked out as a git worktree under build/ab/. wrk (JSON and binary bodies as `make bench` sends them) runs at
+Both servers serve the same repository (the benchmarked model, copied from this checkout's models/), each with its
+own code: the other commit is checked out as a git worktree under build/ab/. wrk (JSON and binary bodies as `make bench` sends them) runs at
 c=64 and c=1 against one server, then the other, alternating which goes first in each round, so that drift in
 the machine's load falls on both alike. It prints the median requests per second, p50 and server CPU per request
 of each, and their ratios (after / before), and writes them to build/ab/result.json.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,10 +100,13 @@ def main() -> int:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     trees = {"before": worktree(args.before), "after": ROOT}
+    repo = OUT / "repo"  # the benchmarked model alone: an older tree may not serve every model of this one
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(ROOT / "models" / args.model, repo / args.model)
     servers = {}
     try:
         for (name, tree), port in zip(trees.items(), (18470, 18480)):
-            servers[name] = (serve(tree, port, ROOT / "models", OUT / f"{name}.log"), port)
+            servers[name] = (serve(tree, port, repo, OUT / f"{name}.log"), port)
         scripts = {encoding: write_script(OUT, args.model, encoding)[0] for encoding in ("json", "binary")}
         for proc, port in servers.values():  # warm-up
             for script in scripts.values():
