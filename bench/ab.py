@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from bench.run import tree_cpu_seconds, write_script, wrk
+from bench.run import Server, tree_cpu_seconds, write_script, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "ab"
@@ -39,20 +36,13 @@ def worktree(rev: str) -> Path:
     return path
 
 
-def serve(tree: Path, port: int, models: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--grpc-port", "0", "--models",
-                             str(models)], cwd=tree, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise SystemExit(f"the server of {tree} did not become ready; see {log}")
+def serve(name: str, tree: Path, models: Path) -> Server:
+    """`python -m service` of `tree`'s own code (its folder is the working directory), ready."""
+    argv = lambda port, grpc_port: [sys.executable, "-m", "service", "--port", str(port), "--grpc-port", "0",
+                                    "--models", str(models)]
+    server = Server(name, {"argv": argv, "env": {}, "cwd": tree}, OUT)
+    server.wait_ready()
+    return server
 
 
 def measure(servers: dict, scripts: dict, model: str, seconds: float, rounds: int) -> list[dict]:
@@ -62,11 +52,11 @@ def measure(servers: dict, scripts: dict, model: str, seconds: float, rounds: in
             for connections in (64, 1):
                 order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
                 for name in order:
-                    proc, port = servers[name]
-                    cpu = tree_cpu_seconds(proc.pid)
-                    stats, _ = wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", script, connections, seconds,
-                                   2)
-                    cpu = tree_cpu_seconds(proc.pid) - cpu
+                    server = servers[name]
+                    cpu = tree_cpu_seconds(server.proc.pid)
+                    stats, _ = wrk(f"http://127.0.0.1:{server.port}/v2/models/{model}/infer", script, connections,
+                                   seconds, 2)
+                    cpu = tree_cpu_seconds(server.proc.pid) - cpu
                     wall = stats["duration_us"] / 1e6
                     errors = sum(stats[k] for k in ("status", "connect", "read", "write", "timeout"))
                     rows.append({"round": round_, "tree": name, "encoding": encoding, "c": connections,
@@ -105,17 +95,16 @@ def main() -> int:
     shutil.copytree(ROOT / "models" / args.model, repo / args.model)
     servers = {}
     try:
-        for (name, tree), port in zip(trees.items(), (18470, 18480)):
-            servers[name] = (serve(tree, port, repo, OUT / f"{name}.log"), port)
+        for name, tree in trees.items():
+            servers[name] = serve(name, tree, repo)
         scripts = {encoding: write_script(OUT, args.model, encoding)[0] for encoding in ("json", "binary")}
-        for proc, port in servers.values():  # warm-up
+        for server in servers.values():  # warm-up
             for script in scripts.values():
-                wrk(f"http://127.0.0.1:{port}/v2/models/{args.model}/infer", script, 64, 2, 2)
+                wrk(f"http://127.0.0.1:{server.port}/v2/models/{args.model}/infer", script, 64, 2, 2)
         rows = measure(servers, scripts, args.model, args.seconds, args.rounds)
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(60)
+        for server in servers.values():
+            server.stop(OUT)
     table = summary(rows)
     (OUT / "result.json").write_text(json.dumps({"before": args.before, "rows": rows, "summary": table}, indent=1))
     print(f"\n{args.model}, median of {args.rounds} rounds of {args.seconds:g} s; after / before:")
@@ -126,7 +115,7 @@ def main() -> int:
               f"{cell['ratio_rps']:.3f} | {cell['ratio_p50_ms']:.3f} | {cell['ratio_cpu_us']:.3f} |")
     errors = sum(r["errors"] for r in rows)
     if errors:
-        print(f"{errors} errors: see build/ab/*.log")
+        print(f"{errors} errors: see build/ab/*.log.tail")
     return 1 if errors else 0
 
 

@@ -244,8 +244,8 @@ class Server:
         env = {**os.environ, **spec["env"], "PYTHONUNBUFFERED": "1", "NNSERVE_GRPC_PORT": str(self.grpc_port)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(spec["argv"](self.port, self.grpc_port), cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(spec["argv"](self.port, self.grpc_port), cwd=spec.get("cwd", ROOT), env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 timeout: float = 10):

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench.run import tree_cpu_seconds
+from bench.run import Server, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-PORT = 18560
+OUT = ROOT / "build" / "stream_cost"  # the server's log
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
@@ -54,42 +51,30 @@ def main() -> int:
     from statsmodels.datasets import co2
 
     series = co2.load_pandas().data["co2"].interpolate().to_numpy("float32").tolist()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(PORT), "--grpc-port", "0", "--workers",
-                               "1", "--models", str(ROOT / "models")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
+    argv = lambda port, grpc_port: [sys.executable, "-m", "service", "--port", str(port), "--grpc-port", "0",
+                                    "--workers", "1", "--models", str(ROOT / "models")]
+    OUT.mkdir(parents=True, exist_ok=True)
+    server = Server("stream-cost", {"argv": argv, "env": {}}, OUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
-                conn.request("GET", "/v2/health/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.3)
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+        server.wait_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         window = {"inputs": [{"name": "input", "shape": [1, 52], "datatype": "FP32", "data": series[:52]}]}
         for _ in range(50):  # warm-up of both models
             post(conn, "/v2/models/co2-lstm/infer", window)
             post(conn, "/v2/models/co2-lstm-stream/infer", step_body(series[0], 1, True))
         results = {
             "window of 52 (co2-lstm)": cpu_per_request(
-                server.pid, lambda i: post(conn, "/v2/models/co2-lstm/infer", window), args.requests),
+                server.proc.pid, lambda i: post(conn, "/v2/models/co2-lstm/infer", window), args.requests),
             "step 1 (co2-lstm-stream)": cpu_per_request(
-                server.pid, lambda i: post(conn, "/v2/models/co2-lstm-stream/infer",
+                server.proc.pid, lambda i: post(conn, "/v2/models/co2-lstm-stream/infer",
                                            step_body(series[i % 100], 10_000 + i, True)), args.requests)}
         for week in range(1000):  # one sequence to step 1,000
             post(conn, "/v2/models/co2-lstm-stream/infer", step_body(series[week % len(series)], 7, week == 0))
         results["step 1,001+ (co2-lstm-stream)"] = cpu_per_request(
-            server.pid, lambda i: post(conn, "/v2/models/co2-lstm-stream/infer",
+            server.proc.pid, lambda i: post(conn, "/v2/models/co2-lstm-stream/infer",
                                        step_body(series[(1000 + i) % len(series)], 7, False)), args.requests)
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop(OUT)
     for name, value in results.items():
         print(f"{name:32s} {value:8.1f} µs of server CPU per request")
     window_cost = results["window of 52 (co2-lstm)"]

@@ -122,8 +122,8 @@ class SequenceTable:
                 elif found != size:  # the file name carries the layout (table_path), so this is not one of ours
                     raise OSError(f"{path}: {found} bytes, a sequence table of this layout has {size}")
                 self._map = mmap.mmap(self._fd, size)
-                self._header()["magic"], self._header()["capacity"] = MAGIC, capacity
-                self._header()["state_nbytes"] = state_nbytes
+                header = np.frombuffer(self._map, HEADER, 1, 0)[0]  # the layout, for whoever reads the file
+                header["magic"], header["capacity"], header["state_nbytes"] = MAGIC, capacity, state_nbytes
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, 8, 0)
         self._header_view = np.frombuffer(self._map, HEADER, 1, 0)
@@ -132,9 +132,6 @@ class SequenceTable:
         self._seen: dict[SequenceId, int] = {}  # a hint: the slot where this process last found an id
         self._table_lock = threading.Lock()
         self._slot_locks = [threading.Lock() for _ in range(capacity)]
-
-    def _header(self):
-        return np.frombuffer(self._map, HEADER, 1, 0)[0]
 
     # -- cross-process locks: a thread lock for this process, a record lock on the bytes for the others. Open file
     # description locks, not POSIX ones: those belong to the process, so the kernel would see a thread waiting for

@@ -67,27 +67,6 @@ def warmup_feeds(model, model_dir: Path) -> list[tuple[str, dict[str, np.ndarray
     return feeds
 
 
-def _warmup_file(model_dir: Path, filename: str, dtype: np.dtype, shape: list[int], sample: str) -> np.ndarray:
-    """Triton's input_data_file: raw little-endian values (BYTES: length-prefixed) in <model>/warmup/."""
-    where = f"config.pbtxt: model_warmup '{sample}' input_data_file '{filename[:64]}'"
-    if not artifact.is_valid_name(filename):
-        raise LoadError(f"{where}: expected a file name inside the model's warmup folder")
-    path = model_dir / "warmup" / filename
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
-    count = math.prod(shape)
-    if dtype.kind == "O":
-        try:
-            return decode_bytes_elements(data, count, where).reshape(shape)
-        except BadRequest as exc:
-            raise LoadError(exc.message) from None
-    if len(data) != count * dtype.itemsize:
-        raise LoadError(f"{where}: holds {len(data)} bytes, the sample needs {count * dtype.itemsize}")
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
-
-
 def _zeros_feed(model) -> list[tuple[str, dict[str, np.ndarray]]]:
     """("", one batch-1 sample of zeros) when every input is floating point and small enough, else nothing."""
     if not all(spec["datatype"] in FLOAT_TYPES for spec in model.input_specs):
