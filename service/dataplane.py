@@ -212,7 +212,6 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
         raise BadRequest(f"seed: expected a non-negative integer, got {brief(seed)}")
     rng = np.random.default_rng(seed)
     features = model.features if len(specs) == 1 else None
-    noise = ((model.metadata or {}).get("task_params") or {}).get("noise_input")  # drawn when an instance omits it
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict):
             if len(specs) != 1:
@@ -222,8 +221,8 @@ def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
             instance = {specs[0]["name"]: _by_feature_name(instance, features, f"instances[{i}]")}
         for spec in specs:
             if spec["name"] not in instance:
-                if spec["name"] == noise:
-                    instance = {**instance, noise: rng.standard_normal(spec["shape"][1:]).tolist()}
+                if spec["name"] == model.noise_input:  # drawn when an instance leaves it out
+                    instance = {**instance, spec["name"]: rng.standard_normal(spec["shape"][1:]).tolist()}
                 else:
                     raise BadRequest(f"instances[{i}]: missing '{spec['name']}' ({spec['datatype']} "
                                      f"{spec['shape'][1:]})")

@@ -72,6 +72,7 @@ class LoadedModel:
         preprocessing = self.metadata.get("preprocessing")
         self.shape_reasons = (preprocessing.get("input_shapes") or {}) if isinstance(preprocessing, dict) else {}
         self.classes_input = params.get("classes_input")  # the GAN's class input: checked against the labels
+        self.noise_input = params.get("noise_input")  # the GAN's latent input: /v1 draws it when left out
         self.num_classes = len(self.labels or [])
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
         self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
