@@ -25,7 +25,7 @@ def _fit(args: argparse.Namespace) -> int:
     from training.config import RunConfig, apply_overrides, load_config
     from training.data import dataset_label
     from training.distributed import from_environment
-    from training.textfit import TEXT_ARCHS, fit_text
+    from training.texttasks import text_fit
     from training.trainer import fit
 
     config = load_config(args.config) if args.config else RunConfig()
@@ -45,7 +45,8 @@ def _fit(args: argparse.Namespace) -> int:
               "run there", file=sys.stderr)
     if distributed and not args.out:  # every rank must name the same folder; rank 0's clock decides
         out = distributed.broadcast(out)
-    if config.arch in TEXT_ARCHS:  # strings in: trained by training/textfit.py, in one process
+    fit_text = text_fit(config.arch)
+    if fit_text:  # strings in: trained by their own modules (training/texttasks.py), in one process
         fit_text(config, Path(out), log=(lambda _msg: None) if args.quiet else print, quiet=args.quiet)
         print(out)
         return 0
@@ -92,13 +93,13 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_run, quantize
     from training.publish import SignatureChanged, publish
+    from training.texttasks import run_arch, text_publish
 
     if not artifact.is_valid_name(args.name):
         raise ValueError(f"--name: expected letters, digits, '.', '_' or '-', got {args.name!r}")
-    if (Path(args.run_dir) / "vocab.json").exists():  # a text run: its graph takes strings
-        from training.textexport import publish_text_run
-
-        publish_text_run(args.run_dir, args.name, args.models)
+    publish_text = text_publish(run_arch(args.run_dir) or "")
+    if publish_text:  # a text run: its graph takes strings
+        publish_text(args.run_dir, args.name, args.models)
         return 0
     if args.stream and args.quantize:
         raise ValueError("--quantize: a step graph (--stream) is published in float32 only; leave out one of them")

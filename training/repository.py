@@ -81,9 +81,10 @@ def _quality(meta: dict) -> list[str]:
                   f"{_fmt(baseline['value'])} (all: " + ", ".join(f"{k} {_fmt(v)}" for k, v in baseline["all"].items())
                   + ")."]
     parity = meta["export"]["parity"]
-    lines += ["", "## Export", "", f"{meta['export']['exporter']}, opset {meta['export']['opset']}; "
-              f"max |onnx - torch| {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
-              f"(rule: {parity['rule']}, atol {parity['atol']:g}).", "",
+    checked = (f"max |onnx - torch| {parity['max_abs_diff']:.2e} over {len(parity['checks'])} input shapes "
+               f"(rule: {parity['rule']}, atol {parity['atol']:g})") if "max_abs_diff" in parity else \
+        f"{len(parity['checks'])} requests checked (rule: {parity['rule']})"
+    lines += ["", "## Export", "", f"{meta['export']['exporter']}, opset {meta['export']['opset']}; {checked}.", "",
               f"Trained {training['epochs_run']} epochs (best {training['best_epoch']}) in "
               f"{training['train_seconds']:.0f} s with torch {training['library_versions']['torch']}, "
               f"created {training['created_at']}.", ""]

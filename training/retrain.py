@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from service import artifact
+from training import texttasks
 from training.tasks import higher_is_better
 
 POINTS_TOLERANCE = 0.005  # metrics in [0, 1] (accuracy, ROC AUC, R^2): half a point
@@ -134,13 +135,16 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
         service = check_service(service, token)
     config = load_config(name)
     run_dir = out or Path("runs") / "retrain" / f"{name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    fit(config, run_dir, log=log if not quiet else (lambda _m: None), quiet=quiet)
-    exported, resolved, summary = export_run(run_dir)
+    text_fit, publish_text = texttasks.text_fit(config.arch), texttasks.text_publish(config.arch)
+    summary = (text_fit or fit)(config, run_dir, log=log if not quiet else (lambda _m: None), quiet=quiet)
+    if not text_fit:
+        exported, resolved, summary = export_run(run_dir)
     metric = summary.headline_metric
-    new = exported.onnx_metrics[metric]
+    # a text run's ONNX metric equals torch's: its export verifies that (or the generated texts) before publishing
+    new = summary.headline if text_fit else exported.onnx_metrics[metric]
     versions = artifact.list_versions(Path(models) / name)
     published = artifact.read_metadata(Path(models) / name / str(versions[-1])) if versions else None
-    old = published["training"]["metrics"].get(f"onnx_test_{metric}") if published else None
+    old = published["training"]["metrics"].get(f"{'' if text_fit else 'onnx_'}test_{metric}") if published else None
     if old is not None:
         problem = promotion_problem(metric, new, old)
         if problem and not force:
@@ -148,7 +152,8 @@ def retrain(name: str, models: Path, service: str | None = None, force: bool = F
         if problem:
             log(f"{name}: publishing although {problem} (--force)")
     try:
-        version, path = publish(exported, resolved, summary, name, Path(models), run_dir, force=force, log=log)
+        version, path = publish_text(run_dir, name, Path(models), log) if publish_text else \
+            publish(exported, resolved, summary, name, Path(models), run_dir, force=force, log=log)
     except SignatureChanged as exc:
         raise PromotionRefused(str(exc)) from None
     log(f"published {name} version {version} at {path}")

@@ -24,7 +24,7 @@ from training.gan import evaluation_inputs, generation_metrics, within_class_dis
 from training.network import Network, load_generator, series_scaling
 from training.predict import batched, noisy_copy
 
-LOWER_IS_BETTER = ("loss", "mae", "rmse")
+LOWER_IS_BETTER = ("loss", "mae", "rmse", "bits_per_char")
 
 
 def higher_is_better(metric: str) -> bool:

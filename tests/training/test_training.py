@@ -19,7 +19,7 @@ from training.data import DATASETS, load_dataset
 from training.optim import make_optimizer, make_schedule
 from training.prepare import prepare
 from training.tasks import get_task
-from training.textfit import TEXT_ARCHS
+from training.texttasks import TEXT_ARCHS
 from training.trainer import build_network, evaluate_split, fit
 from training.zoo import ZOO
 
@@ -44,12 +44,13 @@ PLOTS = {"multiclass": "confusion.png", "binary": "confusion.png", "forecasting"
 
 def pairing(name: str) -> tuple[str, str]:
     config = load_config(name)
-    if config.arch in TEXT_ARCHS:  # trained by training/textfit.py, always a classifier
-        return config.arch, "multiclass"
+    if config.arch in TEXT_ARCHS:  # trained by its own modules, one task each
+        return config.arch, TEXT_ARCHS[config.arch]["task"]
     return config.arch, prepare(config).task
 
 
-# The text models train through training/textfit.py, not `fit`; tests/training/test_text.py trains them.
+# The text models train through their own modules (training/texttasks.py), not `fit`; tests/training/test_text.py
+# and test_textgen.py train them.
 TEXT_ZOO = {name for name in ZOO if load_config(name).arch in TEXT_ARCHS}
 
 
