@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from service.artifact_tensors import DATATYPES, INPUT_LIMITS, check_tensors  # noqa: F401 (re-exported)
+
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
@@ -32,12 +34,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")  # positive integers without leading zeros, as Triton reads them
 
 TASKS = ("multiclass", "binary", "regression", "forecasting", "anomaly", "generation")
-# V2 datatype -> numpy dtype name (numpy is not imported here; the service maps names to dtypes).
-DATATYPES = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",
-}
 REQUIRED_FIELDS = ("schema_version", "name", "version", "architecture", "task", "inputs", "outputs",
                    "preprocessing", "training", "export")
 REQUIRED_TRAINING_FIELDS = ("dataset", "split", "seed", "metrics", "hyperparameters", "library_versions",
@@ -61,30 +57,6 @@ def is_valid_name(name: str) -> bool:
 def is_valid_version(version: str) -> bool:
     """True when `version` is the text of a positive integer version."""
     return isinstance(version, str) and VERSION_RE.fullmatch(version) is not None
-
-
-def _check_tensors(field: str, tensors: Any, problems: list[str]) -> None:
-    if not isinstance(tensors, list) or not tensors:
-        problems.append(f"{field}: expected a non-empty list of tensor specs, got {tensors!r:.80}")
-        return
-    seen = set()
-    for i, spec in enumerate(tensors):
-        where = f"{field}[{i}]"
-        if not isinstance(spec, dict):
-            problems.append(f"{where}: expected an object with name, datatype and shape")
-            continue
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}.name: expected a non-empty string, got {name!r}")
-        elif name in seen:
-            problems.append(f"{where}.name: duplicate tensor name {name!r}")
-        seen.add(name)
-        if spec.get("datatype") not in DATATYPES:
-            problems.append(f"{where}.datatype: expected one of {sorted(DATATYPES)}, got {spec.get('datatype')!r}")
-        shape = spec.get("shape")
-        if (not isinstance(shape, list) or not shape
-                or not all(isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0) for d in shape)):
-            problems.append(f"{where}.shape: expected a non-empty list of positive ints or -1, got {shape!r}")
 
 
 def _is_text_list(value: Any) -> bool:
@@ -140,7 +112,7 @@ def validate_metadata(meta: Any) -> list[str]:
         problems.append(f"task: expected one of {list(TASKS)}, got {meta['task']!r}")
     for field in ("inputs", "outputs"):
         if field in meta:
-            _check_tensors(field, meta[field], problems)
+            check_tensors(field, meta[field], problems)
     labels = meta.get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         problems.append(f"labels: expected a list of strings, got {labels!r:.80}")

@@ -71,7 +71,29 @@ def _check_input(model, tensor: RequestInput, spec: dict, max_batch_size: int,
         problems.append(f"input '{tensor.name}': class indices must be in 0..{model.num_classes - 1}, got "
                         f"values from {tensor.array.min()} to {tensor.array.max()}")
         return None
+    limits = model.input_limits.get(tensor.name)
+    problem = _limit_problem(tensor.name, tensor.array.reshape(-1), limits) if limits and tensor.array.size else None
+    if problem:
+        problems.append(problem)
+        return None
     return tensor.array
+
+
+def _limit_problem(name: str, flat: np.ndarray, limits: dict) -> str | None:
+    """Why values break the bounds the model's metadata declares for an input, or None."""
+    if "max_bytes" in limits:
+        sizes = np.fromiter((len(x.encode("utf-8")) for x in flat), dtype=np.int64, count=flat.size)
+        i = int(sizes.argmax())
+        if sizes[i] > limits["max_bytes"]:
+            return (f"input '{name}': element {i} holds {sizes[i]} bytes; the model takes at most "
+                    f"{limits['max_bytes']} bytes per element")
+    for key, pick, breaks, bound in (("minimum", np.argmin, np.less, "at least"),
+                                     ("maximum", np.argmax, np.greater, "at most")):
+        if key in limits:
+            i = int(pick(flat))
+            if breaks(flat[i], limits[key]):
+                return f"input '{name}': values must be {bound} {limits[key]}, got {flat[i]} at flat index {i}"
+    return None
 
 
 def _check_shape(model, tensor: RequestInput, spec: dict, max_batch_size: int, problems: list[str]) -> None:

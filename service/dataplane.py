@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, TypeVar
 
@@ -11,9 +10,9 @@ import numpy as np
 from service import __version__
 from service.checks import check_request
 from service.errors import BadRequest, ServiceError
+from service.instances import instances_request
 from service.metrics import Metrics
-from service.protocol import InferRequest, RequestInput, brief, classify, clip, dumps, dumps_nonfinite
-from service.tensordata import ACCEPTED_JSON_KINDS, NUMPY_DTYPES, contains_bool, element_types
+from service.protocol import InferRequest, classify, dumps, dumps_nonfinite
 from service.runtime import LoadedModel, batch_size_of
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -190,83 +189,6 @@ class Observation:
         return False
 
 
-def instances_request(model: LoadedModel, body: bytes) -> InferRequest:
-    """Turn {"instances": [...]} into a checked-form V2 request: one instance per sample.
-
-    An instance is the sample itself (nested lists) for a single-input model, or an object by input name. A
-    single-input model whose metadata names its features also takes an object by feature name, every feature given
-    ({"alcohol": 13.2, ...}). An input the metadata names as `task_params.noise_input` (the GAN's latent vector) may
-    be left out: it is drawn from a standard normal (optional "seed"), so {"label": 3} is enough.
-    """
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise BadRequest("request body is not valid JSON") from None
-    instances = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise BadRequest('request body: expected {"instances": [...]} with at least one instance')
-    specs = model.input_specs
-    columns: dict[str, list] = {t["name"]: [] for t in specs}
-    seed = doc.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-        raise BadRequest(f"seed: expected a non-negative integer, got {brief(seed)}")
-    rng = np.random.default_rng(seed)
-    features = model.features if len(specs) == 1 else None
-    for i, instance in enumerate(instances):
-        if not isinstance(instance, dict):
-            if len(specs) != 1:
-                raise BadRequest(f"instances[{i}]: expected an object with {[t['name'] for t in specs]}")
-            instance = {specs[0]["name"]: instance}
-        elif features and set(instance) != {specs[0]["name"]}:
-            instance = {specs[0]["name"]: _by_feature_name(instance, features, f"instances[{i}]")}
-        for spec in specs:
-            if spec["name"] not in instance:
-                if spec["name"] == model.noise_input:  # drawn when an instance leaves it out
-                    instance = {**instance, spec["name"]: rng.standard_normal(spec["shape"][1:]).tolist()}
-                else:
-                    raise BadRequest(f"instances[{i}]: missing '{spec['name']}' ({spec['datatype']} "
-                                     f"{spec['shape'][1:]})")
-            columns[spec["name"]].append(instance[spec["name"]])
-    inputs = []
-    problems = []
-    for spec in specs:
-        try:
-            array = np.asarray(columns[spec["name"]])
-        except ValueError:
-            raise BadRequest(f"instances: every '{spec['name']}' must have the same shape {spec['shape'][1:]}") from None
-        kinds = ACCEPTED_JSON_KINDS.get(spec["datatype"], "U")  # BYTES: strings
-        if array.dtype.kind not in kinds or (array.dtype.kind in "iuf" and array.size and contains_bool(
-                columns[spec["name"]], array.ndim)) or (  # [true, 0] reads as [1, 0]
-                array.dtype.kind == "U" and not element_types(columns[spec["name"]], array.ndim) <= {str}):
-            problems.append(f"input '{spec['name']}': expected {spec['datatype']} values")
-            inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), None))
-            continue
-        if spec["datatype"] == "BYTES":
-            value = np.empty(array.shape, dtype=object)
-            value[...] = array.tolist() if array.ndim else str(array)
-        else:
-            value = array.astype(NUMPY_DTYPES[spec["datatype"]])
-        inputs.append(RequestInput(spec["name"], spec["datatype"], list(array.shape), value))
-    return InferRequest(inputs, None, problems=problems)
-
-
-def _by_feature_name(instance: dict, features: list[str], where: str) -> list:
-    """One sample as the model's feature vector, from an object with a number for every feature name."""
-    unknown = [name for name in instance if name not in features]
-    missing = [name for name in features if name not in instance]
-    if unknown or missing:
-        said = ([f"unknown feature(s) {[clip(n) for n in unknown[:10]]}"] if unknown else []) + \
-               ([f"missing feature(s) {missing[:10]}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")]
-                if missing else [])
-        listed = f"{features}" if len(features) <= 50 else f"{features[:50]} and {len(features) - 50} more"
-        raise BadRequest(f"{where}: {' and '.join(said)}; the model's features are {listed}")
-    row = [instance[name] for name in features]
-    for name, value in zip(features, row):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadRequest(f"{where}.{name}: expected a number, got {brief(value)}")
-    return row
-
-
 def describe_predictions(model: LoadedModel, values: dict) -> list:
     """Predictions in the task's terms: labels with probabilities, values, score and flag, images. A model with no
     nnserve metadata gets its outputs: one output's values per instance, or an object of every output's."""
@@ -325,10 +247,13 @@ def _forecasts(model: LoadedModel, values: dict) -> list:
     return _first_output(model, values).tolist()
 
 
-def _images(model: LoadedModel, values: dict) -> list:
+def _generated(model: LoadedModel, values: dict) -> list:
+    """What a generator made: text from a BYTES output (the text generator), else an image (the GAN)."""
+    if model.outputs[model.output_names[0]]["datatype"] == "BYTES":
+        return [{"text": str(text)} for text in _per_sample(_first_output(model, values))]
     return [{"image": image.tolist()} for image in _first_output(model, values)]
 
 
 PREDICTIONS = {"multiclass": _multiclass, "binary": _binary, "regression": _values, "forecasting": _forecasts,
-               "anomaly": _anomaly, "generation": _images}
+               "anomaly": _anomaly, "generation": _generated}
 """How each task of service.artifact.TASKS describes its predictions."""

@@ -74,6 +74,12 @@ class LoadedModel:
         self.classes_input = params.get("classes_input")  # the GAN's class input: checked against the labels
         self.noise_input = params.get("noise_input")  # the GAN's latent input: /v1 draws it when left out
         self.num_classes = len(self.labels or [])
+        # nnserve's metadata may bound an input: its values (minimum, maximum), each string's UTF-8 size
+        # (max_bytes); and give the value a /v1 instance that leaves the input out takes (default)
+        declared = [t for t in self.metadata.get("inputs", []) if isinstance(t, dict) and t.get("name") in self.inputs]
+        self.input_limits = {t["name"]: {k: t[k] for k in artifact.INPUT_LIMITS if k in t} for t in declared
+                             if any(k in t for k in artifact.INPUT_LIMITS)}
+        self.input_defaults = {t["name"]: t["default"] for t in declared if "default" in t}
         # A model's own limit (a Transformer's position table) or the service's; 0-length is refused apart.
         self.max_sequence_length = min(params.get("max_sequence_length", DEFAULT_MAX_SEQUENCE), DEFAULT_MAX_SEQUENCE)
         self.batcher = None  # a service.batching.Batcher when the model is dynamically batched

@@ -40,3 +40,29 @@ def test_check_metadata_reports_the_field_in_one_line():
     with pytest.raises(artifact.MetadataError) as info:
         artifact.check_metadata(with_change("labels", ["a", "b", "c"]) | {"features": ["x"]}, "tiny version 1")
     assert "\n" not in str(info.value) and "features: 1 names" in str(info.value)
+
+
+BOUNDED = {**VALID, "inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [-1], "max_bytes": 4096},
+                               {"name": "temperature", "datatype": "FP32", "shape": [-1], "minimum": 0.0,
+                                "maximum": 10, "default": 0.8}]}
+
+
+def test_input_bounds_and_defaults_are_valid():
+    assert artifact.validate_metadata(BOUNDED) == []
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"name": "t", "datatype": "FP32", "shape": [-1], "minimum": "0"}, "inputs[0].minimum: expected a finite number"),
+    ({"name": "t", "datatype": "FP32", "shape": [-1], "maximum": float("nan")}, "inputs[0].maximum: expected a finite"),
+    ({"name": "t", "datatype": "FP32", "shape": [-1], "minimum": 2, "maximum": 1}, "minimum 2 is above maximum 1"),
+    ({"name": "t", "datatype": "BYTES", "shape": [-1], "minimum": 0}, "inputs[0].minimum: expected a finite number "
+                                                                      "bounding a numeric input"),
+    ({"name": "t", "datatype": "BYTES", "shape": [-1], "max_bytes": 0}, "inputs[0].max_bytes: expected a positive"),
+    ({"name": "t", "datatype": "FP32", "shape": [-1], "max_bytes": 10}, "max_bytes: expected a positive integer "
+                                                                        "bounding a BYTES input"),
+    ({"name": "t", "datatype": "INT64", "shape": [-1], "default": "3"}, "inputs[0].default: expected a number"),
+    ({"name": "t", "datatype": "BYTES", "shape": [-1], "default": 3}, "inputs[0].default: expected a string"),
+])
+def test_a_bad_input_bound_is_named(spec, fragment):
+    problems = artifact.validate_metadata({**VALID, "inputs": [spec]})
+    assert any(fragment in p for p in problems), problems
