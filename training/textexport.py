@@ -133,11 +133,13 @@ def build_text_metadata(run_dir: Path, name: str, version: int, record: dict, on
         "preprocessing": {
             "in_graph": True, "input": "one UTF-8 string per sample",
             "before_graph": ["nothing: send the raw UTF-8 sentence"],
-            "steps": ["lower-case (StringNormalizer, locale C.UTF-8)",
-                      "split into characters, one per code point (Tokenizer, ONNX Runtime's com.microsoft domain)",
-                      f"keep the first {MAX_CHARS} characters (Slice)",
-                      f"look each character up in an alphabet of {len(alphabet)} (LabelEncoder; others: unknown)",
-                      "a CLS id in front; hash the character n-grams, pad and mask inside the network"],
+            "steps": ["a start character U+0002 in front (StringConcat)",
+                      f"keep it and the first {MAX_CHARS} characters (Tokenizer, ONNX Runtime's com.microsoft "
+                      "domain, regular-expression mode)", "lower-case (StringNormalizer, locale C.UTF-8)",
+                      "split into characters, one per code point (Tokenizer, character mode)",
+                      f"look each character up in an alphabet of {len(alphabet)} (LabelEncoder; the start "
+                      "character: CLS; others: unknown)",
+                      f"hash the character 2-{network['ngram_max']}-grams, pad and mask inside the network"],
             "input_shapes": {"text": f"a UTF-8 sentence; characters after the first {MAX_CHARS} are ignored"},
             "output": "class probabilities in the order of `labels`"},
         "training": {

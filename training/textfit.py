@@ -28,7 +28,7 @@ from training.runs import Summary, library_versions
 from training.texttokens import FIRST_CHAR_ID, MAX_CHARS, build_alphabet, encode, pad
 
 TEXT_ARCHS = ("text-transformer",)
-DATA_KEYS = ("alphabet_min_count", "label_smoothing", "crop")  # model-table keys for data and loss, not network
+DATA_KEYS = ("alphabet_min_count",)  # model-table keys that shape the data, not the network
 EVAL_BATCH = 512
 
 
@@ -122,22 +122,6 @@ def batches(ids: list[list[int]], batch: int, generator: torch.Generator):
         yield chunks[k]
 
 
-def crop(rows: list[list[int]], share: float, generator: torch.Generator) -> list[list[int]]:
-    """Each row (CLS, then characters) kept whole or, for `share` of them, cut to a random span of at least 12
-    characters after its CLS id: the model learns from short snippets as well as whole sentences."""
-    out = []
-    draws = torch.rand(len(rows), 2, generator=generator).tolist()
-    for row, (pick, where) in zip(rows, draws):
-        chars = len(row) - 1
-        if pick >= share or chars <= 12:
-            out.append(row)
-            continue
-        length = 12 + int(where * (chars - 12))
-        start = 1 + int(torch.randint(chars - length + 1, (1,), generator=generator))
-        out.append(row[:1] + row[start:start + length])
-    return out
-
-
 def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: TextData, out: Path,
                  log: Callable[[str], None]) -> dict:
     """The epoch loop: AdamW, a linear warm-up then cosine decay per step, best val accuracy kept in best.pt."""
@@ -149,16 +133,14 @@ def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: Te
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(config.seed)
     y_train = torch.from_numpy(texts.y("train"))
-    smoothing = float(config.model.get("label_smoothing", 0.0))
-    share = float(config.model.get("crop", 0.0))
     best = {"val_accuracy": -1.0, "epoch": 0}
     with (out / "metrics.jsonl").open("w") as rows:
         for epoch in range(1, config.train.epochs + 1):
             model.train()
             total, seen = 0.0, 0
             for chunk in batches(ids["train"], config.train.batch_size, generator):
-                batch = torch.from_numpy(pad(crop([ids["train"][j] for j in chunk], share, generator)))
-                loss = nn.functional.cross_entropy(model(batch), y_train[chunk], label_smoothing=smoothing)
+                batch = torch.from_numpy(pad([ids["train"][j] for j in chunk]))
+                loss = nn.functional.cross_entropy(model(batch), y_train[chunk])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip or 1.0)

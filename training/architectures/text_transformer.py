@@ -1,7 +1,7 @@
 """Transformer encoder over characters: each character's embedding plus the embeddings of the hashed character
 n-grams that end there (fastText style) -> blocks of `block` characters projected to one step each (a strided
 convolution, like a vision Transformer's patches) plus positions -> encoder (padding masked) -> mean over the
-valid steps.
+valid steps, plus the mean of the character + n-gram embeddings (fastText's bag of n-grams) -> linear head.
 
 The n-gram ids are computed from the character ids inside the module with integer arithmetic, so the exported
 graph hashes exactly as training did.
@@ -33,8 +33,6 @@ class TextTransformerConfig:
     ngram_max: int = 4  # hashed n-grams of 2 .. ngram_max characters end at each position (1: none)
     ngram_buckets: int = 4093  # rows of the shared n-gram table (a prime); row 0 is the padding
     ngram_dim: int = 0  # width of the n-gram table, projected to d_model (0: d_model, no projection)
-    bag: bool = False  # add the mean of the character + n-gram embeddings (fastText's bag) to the pooled output
-    ngram_dropout: float = 0.0  # in training, this share of the n-grams is dropped, so no single one is relied on
 
 
 def ngram_ids(ids: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
@@ -80,14 +78,9 @@ class TextTransformer(nn.Module):
 
     def embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T, C]: each character's embedding plus those of the n-grams ending there; padding embeds to zeros."""
-        grams = sum(self.ngrams(self._drop(ngram_ids(ids, n, self.config.ngram_buckets)))
+        grams = sum(self.ngrams(ngram_ids(ids, n, self.config.ngram_buckets))
                     for n in range(2, self.config.ngram_max + 1))
         return self.embed(ids) + self.ngram_proj(grams)
-
-    def _drop(self, grams: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.config.ngram_dropout:
-            return grams
-        return grams.masked_fill(torch.rand(grams.shape) < self.config.ngram_dropout, 0)
 
     def features(self, chars: torch.Tensor) -> torch.Tensor:
         """[B, S, C], S = ceil(T / block): the embeddings of each block of characters, projected, plus positions.
@@ -105,8 +98,7 @@ class TextTransformer(nn.Module):
         h = self.encoder(self.dropout(h), src_key_padding_mask=padding)
         valid = (~padding).unsqueeze(-1).to(h.dtype)  # [B, S, 1]
         pooled = (h * valid).sum(dim=1) / valid.sum(dim=1)  # [B, C]
-        if self.config.bag:
-            pooled = pooled + chars.sum(dim=1) / lengths.to(h.dtype)
+        pooled = pooled + chars.sum(dim=1) / lengths.to(h.dtype)  # plus fastText's bag: the mean embedding
         return self.head(self.norm(pooled))
 
 
