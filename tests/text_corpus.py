@@ -37,6 +37,6 @@ def train_tiny(tmp: Path) -> Path:
     folder = write_text_folder(tmp / "languages")
     config = apply_overrides(load_config("fortunes-language"), [
         f"dataset={str(folder)!r}", "train.epochs=3", "train.batch_size=32", "model.d_model=16", "model.nhead=2",
-        "model.num_layers=1", "model.dim_feedforward=32", "model.vocab_per_class=20", "optimizer.lr=0.01"])
+        "model.num_layers=1", "model.dim_feedforward=32", "model.ngram_buckets=1021", "optimizer.lr=0.01"])
     fit_text(config, tmp / "run")
     return tmp / "run"

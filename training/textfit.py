@@ -1,8 +1,9 @@
-"""Train a text classifier (arch `text-transformer`) into a run folder: data from training/textdata.py, words from
-training/texttokens.py, the model from training/architectures/text_transformer.py, scored against scikit-learn's
+"""Train a text classifier (arch `text-transformer`) into a run folder: data from training/textdata.py, characters
+from training/texttokens.py, the model from training/architectures/text_transformer.py, scored against scikit-learn's
 character n-gram TF-IDF with logistic regression on the same hash split.
 
-The run folder holds config.json (the config, the network's hyperparameters, labels), vocab.json, best.pt,
+The run folder holds config.json (the config, the network's hyperparameters, labels), vocab.json (the alphabet:
+the characters the model knows), best.pt,
 metrics.jsonl and summary.json (a runs.Summary, with the test confusion matrix in metrics as well).
 """
 
@@ -24,10 +25,10 @@ from torch import nn
 from training.architectures.text_transformer import ServedTextClassifier, TextTransformer, TextTransformerConfig
 from training.config import RunConfig, check_fields
 from training.runs import Summary, library_versions
-from training.texttokens import FIRST_WORD_ID, build_vocab, encode, pad, unknown_id
+from training.texttokens import FIRST_CHAR_ID, MAX_CHARS, build_alphabet, encode, pad
 
 TEXT_ARCHS = ("text-transformer",)
-DATA_KEYS = ("vocab_per_class", "word_dropout")  # model-table keys that shape the data, not the network
+DATA_KEYS = ("alphabet_min_count",)  # model-table keys that shape the data, not the network
 EVAL_BATCH = 512
 
 
@@ -63,11 +64,11 @@ def load_text(config: RunConfig) -> TextData:
     return TextData(data, {"train": train, "val": val, "test": test})
 
 
-def network_hyper(config: RunConfig, vocab: list[str], classes: int) -> dict:
+def network_hyper(config: RunConfig, alphabet: list[str], classes: int) -> dict:
     model = {k: v for k, v in config.model.items() if k not in DATA_KEYS}
     model = check_fields(TextTransformerConfig, model, "model", counts=True)
-    return dataclasses.asdict(TextTransformerConfig(**{**model, "vocab_size": len(vocab) + FIRST_WORD_ID,
-                                                       "out_features": classes}))
+    return dataclasses.asdict(TextTransformerConfig(**{**model, "vocab_size": len(alphabet) + FIRST_CHAR_ID,
+                                                       "out_features": classes, "max_len": MAX_CHARS + 1}))
 
 
 def predict(model: nn.Module, ids: list[list[int]]) -> np.ndarray:
@@ -121,7 +122,7 @@ def batches(ids: list[list[int]], batch: int, generator: torch.Generator):
         yield chunks[k]
 
 
-def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: TextData, vocab: list[str], out: Path,
+def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: TextData, out: Path,
                  log: Callable[[str], None]) -> dict:
     """The epoch loop: AdamW, a linear warm-up then cosine decay per step, best val accuracy kept in best.pt."""
     opt = config.optimizer
@@ -132,10 +133,6 @@ def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: Te
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     generator = torch.Generator().manual_seed(config.seed)
     y_train = torch.from_numpy(texts.y("train"))
-    # word dropout: a share of the known words is replaced by the id it would get if it were unknown, so that the
-    # unknown-word ids are learned from many examples
-    fallback = torch.tensor(list(range(FIRST_WORD_ID)) + [unknown_id(w) for w in vocab])
-    p_drop = float(config.model.get("word_dropout", 0.1))
     best = {"val_accuracy": -1.0, "epoch": 0}
     with (out / "metrics.jsonl").open("w") as rows:
         for epoch in range(1, config.train.epochs + 1):
@@ -143,8 +140,6 @@ def train_epochs(config: RunConfig, model: TextTransformer, ids: dict, texts: Te
             total, seen = 0.0, 0
             for chunk in batches(ids["train"], config.train.batch_size, generator):
                 batch = torch.from_numpy(pad([ids["train"][j] for j in chunk]))
-                drop = (torch.rand(batch.shape, generator=generator) < p_drop) & (batch >= FIRST_WORD_ID)
-                batch = torch.where(drop, fallback[batch], batch)
                 loss = nn.functional.cross_entropy(model(batch), y_train[chunk])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -181,14 +176,14 @@ def _fit_text(config: RunConfig, out: Path, log: Callable[[str], None], quiet: b
     out.mkdir(parents=True, exist_ok=True)
     texts = load_text(config)
     data = texts.data
-    vocab = build_vocab(texts.texts("train"), texts.y("train"), int(config.model.get("vocab_per_class", 500)))
-    hyper = network_hyper(config, vocab, len(data.labels))
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n")
+    alphabet = build_alphabet(texts.texts("train"), int(config.model.get("alphabet_min_count", 5)))
+    hyper = network_hyper(config, alphabet, len(data.labels))
+    (out / "vocab.json").write_text(json.dumps(alphabet, ensure_ascii=False) + "\n")
     (out / "config.json").write_text(json.dumps({**config.to_dict(), "network": hyper, "labels": data.labels,
                                                  "config_sha256": config.sha256()}, indent=2) + "\n")
-    ids = {p: encode(texts.texts(p), vocab) for p in ("train", "val", "test")}
+    ids = {p: encode(texts.texts(p), alphabet) for p in ("train", "val", "test")}
     model = TextTransformer(TextTransformerConfig(**hyper))
-    best = train_epochs(config, model, ids, texts, vocab, out, log if not quiet else (lambda _m: None))
+    best = train_epochs(config, model, ids, texts, out, log if not quiet else (lambda _m: None))
     train_seconds = time.perf_counter() - started
     model.load_state_dict(torch.load(out / "best.pt", weights_only=True))
     test = classification_metrics(predict(model, ids["test"]), texts.y("test"), len(data.labels))
@@ -210,7 +205,7 @@ def _fit_text(config: RunConfig, out: Path, log: Callable[[str], None], quiet: b
 
 
 def load_text_run(run_dir: Path) -> tuple[dict, Summary, list[str], TextTransformer]:
-    """(config.json, summary, vocabulary, the best model in eval mode) of a finished text run."""
+    """(config.json, summary, alphabet, the best model in eval mode) of a finished text run."""
     run_dir = Path(run_dir)
     resolved = json.loads((run_dir / "config.json").read_text())
     summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))

@@ -32,3 +32,17 @@ def confusion_plot(run_dir: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def confusion_text(run_dir: Path) -> str:
+    """The test confusion matrices of the model and of its baseline (confusion.json) as a model-card section."""
+    record = json.loads((Path(run_dir) / "confusion.json").read_text())
+    labels = record["labels"]
+    lines = ["## Test confusion matrices", "", "Rows: the true language; columns: the predicted one.", ""]
+    for name, matrix in ((k, v) for k, v in record.items() if k != "labels" and v):
+        width = max(len(str(x)) for row in matrix for x in row) + 1
+        lines += [f"{'this model' if name == 'model' else name}:", "", "```",
+                  "    " + "".join(f"{label:>{width}}" for label in labels)]
+        lines += [f"{label:<4}" + "".join(f"{x:>{width}}" for x in row) for label, row in zip(labels, matrix)]
+        lines += ["```", ""]
+    return "\n".join(lines)

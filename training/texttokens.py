@@ -1,27 +1,27 @@
-"""Word tokenization with standard ONNX operators, and the same tokenization in Python for training.
+"""Character tokenization inside the ONNX graph, and the same tokenization in Python for training.
 
-The graph front-end is StringNormalizer (lower case, locale C.UTF-8) -> StringSplit (opset 20, runs of spaces)
--> LabelEncoder (ai.onnx.ml: word -> id, out-of-vocabulary -> UNK) -> RegexFullMatch (opset 20: an unknown word
-gets the id of the first UNKNOWN_GROUPS class of letters it holds, so that it keeps its script and diacritics)
--> the first MAX_WORDS words -> a CLS id in front. `encode` does exactly this in Python; the parity tests hold the
-two together.
+The graph front-end is StringConcat (a START character in front) -> Tokenizer (ONNX Runtime's contrib op, domain
+com.microsoft) in regular-expression mode, which keeps the first 1 + MAX_CHARS code points as one string (so that
+the cost after it does not grow with the input) -> StringNormalizer (lower case, locale C.UTF-8) -> Tokenizer in
+character mode (one string per code point, padded with "") -> LabelEncoder (ai.onnx.ml: START -> CLS, "" -> PAD, a
+character outside the alphabet -> UNK). `encode` does exactly this in Python; the parity tests hold the two
+together. The character n-grams are hashed from these ids inside the network
+(training/architectures/text_transformer.py).
 """
 
 from __future__ import annotations
 
 import collections
-import re
 
 import numpy as np
 
-PAD, UNK, CLS = 0, 1, 2  # then one id per UNKNOWN_GROUPS class, then the words (FIRST_WORD_ID on)
-# Letters an unknown word may hold, in priority order (after lower-casing): the first class it holds names its id.
-UNKNOWN_GROUPS = ("ыэё", "ъѝ", "Ѐ-ӿ", "ąęłńśźż", "řůěčšžťďňý", "ĉĝĥĵŝŭ", "ãõç", "ñ¿¡", "ßäöü", "àèìòù",
-                  "áéíóúâêô", "a-z", "0-9")
-FIRST_WORD_ID = 3 + len(UNKNOWN_GROUPS)
-MAX_WORDS = 64  # words after the first 64 are cut off (the CLS id makes at most 65 steps)
+PAD, UNK, CLS = 0, 1, 2  # then one id per character of the alphabet (FIRST_CHAR_ID on)
+FIRST_CHAR_ID = 3
+MAX_CHARS = 256  # characters after the first 256 are cut off (the CLS id makes at most 257 steps)
+START = "\x02"  # put in front of every text inside the graph, read as CLS (wherever it occurs, in Python too)
 LOCALE = "C.UTF-8"  # built into glibc: no locale package needed (ORT's default en_US.UTF-8 often is missing)
 ML_OPSET = 3  # ai.onnx.ml version of LabelEncoder with keys_strings / values_int64s and default_int64
+MS_DOMAIN, MS_OPSET = "com.microsoft", 1  # ONNX Runtime's contrib ops (Tokenizer), built into every ORT wheel
 # ONNX Runtime lowers one code point at a time with the C library's simple case mapping; Python's str.lower()
 # maps U+0130 to two code points and a word-final capital sigma to final sigma. These two fix that.
 _SIMPLE_CASE = {0x130: "i", 0x3A3: "\u03c3"}
@@ -32,35 +32,24 @@ def lower(text: str) -> str:
     return text.translate(_SIMPLE_CASE).lower()
 
 
-def words(text: str) -> list[str]:
-    """The words of a text as the graph sees them: lower-cased, split on runs of spaces (U+0020 only: ONNX Runtime's
-    StringSplit does not split on tabs or newlines)."""
-    return [w for w in lower(text).split(" ") if w]
+def chars(text: str) -> list[str]:
+    """The characters of a text as the graph sees them: lower-cased, one per code point, all of them kept (spaces,
+    tabs and newlines too), cut after MAX_CHARS."""
+    return list(lower(text)[:MAX_CHARS])
 
 
-def build_vocab(texts, labels, per_class: int) -> list[str]:
-    """The `per_class` words found in the most texts of each class, pooled: every class keeps its common words."""
-    counts: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-    for text, label in zip(texts, labels):
-        counts[int(label)].update(set(words(text)))
-    return sorted({w for c in sorted(counts) for w, _ in counts[c].most_common(per_class)})
+def build_alphabet(texts, min_count: int) -> list[str]:
+    """The characters found at least `min_count` times in `texts` (lower-cased), sorted; START is never one."""
+    counts: collections.Counter = collections.Counter()
+    for text in texts:
+        counts.update(lower(text))
+    return sorted(c for c, n in counts.items() if n >= min_count and c != START)
 
 
-_GROUP_PATTERNS = [f"(?s).*[{chars}].*" for chars in UNKNOWN_GROUPS]  # RE2 and Python's re read them alike
-
-
-def unknown_id(word: str) -> int:
-    """The id of a word that is not in the vocabulary: its first UNKNOWN_GROUPS class, else UNK."""
-    for k, pattern in enumerate(_GROUP_PATTERNS):
-        if re.fullmatch(pattern, word):
-            return 3 + k
-    return UNK
-
-
-def encode(texts, vocab: list[str]) -> list[list[int]]:
-    """Each text as ids: CLS, then the ids of its first MAX_WORDS words (`unknown_id` for a word not in `vocab`)."""
-    index = {w: i + FIRST_WORD_ID for i, w in enumerate(vocab)}
-    return [[CLS] + [index[w] if w in index else unknown_id(w) for w in words(t)[:MAX_WORDS]] for t in texts]
+def encode(texts, alphabet: list[str]) -> list[list[int]]:
+    """Each text as ids: CLS, then the ids of its first MAX_CHARS characters (UNK for one not in `alphabet`)."""
+    index = {c: i + FIRST_CHAR_ID for i, c in enumerate(alphabet)} | {START: CLS}
+    return [[CLS] + [index.get(c, UNK) for c in chars(t)] for t in texts]
 
 
 def pad(ids: list[list[int]]) -> np.ndarray:
@@ -71,52 +60,40 @@ def pad(ids: list[list[int]]) -> np.ndarray:
     return out
 
 
-def _unknown_groups(ids: str, out: str, const) -> list:
-    """Nodes that give each unknown word (id UNK) the id of the first UNKNOWN_GROUPS class of letters it holds."""
-    from onnx import helper
-
-    nodes = [const("unk", [UNK]), helper.make_node("Equal", [ids, "unk"], ["unknown"])]
-    current = ids
-    for k, pattern in enumerate(_GROUP_PATTERNS):
-        nodes += [helper.make_node("RegexFullMatch", ["split_words"], [f"has_{k}"], pattern=pattern),
-                  helper.make_node("And", ["unknown", f"has_{k}"], [f"take_{k}"]),
-                  const(f"group_{k}", [3 + k]),
-                  helper.make_node("Equal", [current, "unk"], [f"still_{k}"]),
-                  helper.make_node("And", [f"take_{k}", f"still_{k}"], [f"set_{k}"]),
-                  helper.make_node("Where", [f"set_{k}", f"group_{k}", current], [f"ids_{k}"])]
-        current = f"ids_{k}"
-    return nodes + [helper.make_node("Identity", [current], [out])]
-
-
-def tokenizer_graph(vocab: list[str], input_name: str = "text", output_name: str = "ids"):
+def tokenizer_graph(alphabet: list[str], input_name: str = "text", output_name: str = "ids"):
     """An ONNX model: STRING [B] -> int64 [B, T] of ids, exactly as `pad(encode(...))`."""
     from onnx import TensorProto, helper
 
-    def const(name: str, values: list[int]):
-        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64,
-                                                                                     [len(values)], values))
-
+    if START in alphabet or "" in alphabet or any(len(c) != 1 for c in alphabet):
+        raise ValueError("the alphabet holds single characters only, START not among them")
+    tokenizer = {"domain": MS_DOMAIN, "mark": 0, "mincharnum": 1, "pad_value": ""}
     nodes = [
-        helper.make_node("StringNormalizer", [input_name], ["lowered"], case_change_action="LOWER", locale=LOCALE),
-        helper.make_node("StringSplit", ["lowered"], ["split_words", "word_counts"]),  # [B, W], padded with ""
-        # "" (the split's padding) -> PAD; a word not in the vocabulary -> UNK
-        helper.make_node("LabelEncoder", ["split_words"], ["word_ids"], domain="ai.onnx.ml",
-                         keys_strings=[""] + list(vocab),
-                         values_int64s=[PAD] + list(range(FIRST_WORD_ID, len(vocab) + FIRST_WORD_ID)),
+        helper.make_node("Constant", [], ["start"], value=helper.make_tensor("start", TensorProto.STRING, [1],
+                                                                             [START.encode()])),
+        helper.make_node("StringConcat", ["start", input_name], ["started"]),  # never empty
+        # regular-expression mode: the one match of the pattern, [B, 1]; "^" matches at the start of the text only
+        helper.make_node("Tokenizer", ["started"], ["head"], tokenexp=f"^(?s).{{1,{MAX_CHARS + 1}}}", **tokenizer),
+        helper.make_node("Constant", [], ["flat"], value=helper.make_tensor("flat", TensorProto.INT64, [1], [-1])),
+        helper.make_node("Reshape", ["head", "flat"], ["kept"]),  # [B]
+        # lower case maps one code point to one, so cutting first is the same as lowering first
+        helper.make_node("StringNormalizer", ["kept"], ["lowered"], case_change_action="LOWER", locale=LOCALE),
+        # character mode (separators [""]): [B, L] of code points, L <= 1 + MAX_CHARS, padded with ""
+        helper.make_node("Tokenizer", ["lowered"], ["characters"], separators=[""], **tokenizer),
+        helper.make_node("LabelEncoder", ["characters"], [output_name], domain="ai.onnx.ml",
+                         keys_strings=["", START] + list(alphabet),
+                         values_int64s=[PAD, CLS] + list(range(FIRST_CHAR_ID, len(alphabet) + FIRST_CHAR_ID)),
                          default_int64=UNK),
-        *_unknown_groups("word_ids", "grouped_ids", const),
-        const("starts", [0]), const("ends", [MAX_WORDS]), const("axes", [1]),
-        helper.make_node("Slice", ["grouped_ids", "starts", "ends", "axes"], ["kept"]),  # [B, min(W, MAX_WORDS)]
-        helper.make_node("Shape", [input_name], ["batch"]),
-        const("one", [1]), const("cls", [CLS]),
-        helper.make_node("Concat", ["batch", "one"], ["cls_shape"], axis=0),
-        helper.make_node("Expand", ["cls", "cls_shape"], ["cls_column"]),  # [B, 1]
-        helper.make_node("Concat", ["cls_column", "kept"], [output_name], axis=1),  # [B, 1 + min(W, MAX_WORDS)]
     ]
+    # ONNX's shape inference has no schema for Tokenizer: the types of its outputs are stated here (without them,
+    # onnx 1.23's inference crashes on the nodes that follow)
+    value_info = [helper.make_tensor_value_info("head", TensorProto.STRING, ["batch", 1]),
+                  helper.make_tensor_value_info("characters", TensorProto.STRING, ["batch", "sequence"])]
     graph = helper.make_graph(nodes, "tokenizer", [helper.make_tensor_value_info(input_name, TensorProto.STRING,
                                                                                  ["batch"])],
-                              [helper.make_tensor_value_info(output_name, TensorProto.INT64, ["batch", "sequence"])])
+                              [helper.make_tensor_value_info(output_name, TensorProto.INT64, ["batch", "sequence"])],
+                              value_info=value_info)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
-                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET),
+                                                    helper.make_opsetid(MS_DOMAIN, MS_OPSET)])
     model.ir_version = 10
     return model

@@ -19,7 +19,7 @@ TARGETS = {
     "digits-mlp": {"accuracy": 0.97}, "digits-cnn": {"accuracy": 0.98}, "digits-transformer": {"accuracy": 0.96},
     "breast-cancer-mlp": {"accuracy": 0.96, "roc_auc": 0.99}, "diabetes-mlp": {"r2": 0.45},
     "digits-autoencoder": {"roc_auc": 0.95}, "digits-gan": {"judge_accuracy": 0.80},
-    "fortunes-language": {"accuracy": 0.98},  # words only: below the character n-gram baseline (docs/text.md)
+    "fortunes-language": {"accuracy": 0.99},  # characters: still below the TF-IDF baseline, 0.9948 (docs/text.md)
 }
 
 

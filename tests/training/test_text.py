@@ -1,5 +1,5 @@
-"""Text data sources, word tokenization in the graph against Python, and a tiny text model exported and checked
-for batch and length independence (built-in text only, no Debian packages)."""
+"""Text data sources, character tokenization in the graph against Python, the hashed n-grams, and a tiny text model
+exported and checked for batch and length independence (built-in text only, no Debian packages)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from tests.text_corpus import train_tiny, write_text_folder
 from training.data import load_dataset
 from training.textdata import dedupe, ensure_packages, hash_split, read_strfile
-from training.texttokens import MAX_WORDS, encode, pad, tokenizer_graph, words
+from training.texttokens import CLS, MAX_CHARS, PAD, START, UNK, build_alphabet, chars, encode, pad, tokenizer_graph
 
 TRICKY = ["Hello world", "Ça va TRÈS bien", "日本語 テキスト", "emoji 😀 👍🏽!", "", "   ", "ΟΔΟΣ İstanbul",
-          "tab\tnewline\nhere", " ".join(f"w{i}" for i in range(500)), "x" * 100_000]
+          "tab\tnewline\nhere", " ".join(f"w{i}" for i in range(500)), "x" * 100_000, "Привет, мир", "e\u0301",
+          "a", "abcd", "abcde", "x" * (MAX_CHARS - 1) + "😀🎉", f"start {START} inside"]
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +67,48 @@ def test_missing_packages_fail_with_the_exact_install_command():
 
 
 def test_the_graph_tokenizes_exactly_as_python():
-    vocab = sorted({w for t in TRICKY[:7] for w in words(t)})
-    session = ort.InferenceSession(tokenizer_graph(vocab).SerializeToString(), providers=["CPUExecutionProvider"])
-    for batch in ([t] for t in TRICKY):
+    alphabet = build_alphabet(TRICKY[:7], min_count=1)
+    session = ort.InferenceSession(tokenizer_graph(alphabet).SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in [[t] for t in TRICKY] + [["", ""], ["", " "]]:
         assert np.array_equal(session.run(None, {"text": np.array(batch, dtype=object)})[0],
-                              pad(encode(batch, vocab)))
+                              pad(encode(batch, alphabet)))
     ids = session.run(None, {"text": np.array(TRICKY, dtype=object)})[0]
-    assert np.array_equal(ids, pad(encode(TRICKY, vocab)))
-    assert ids.shape == (len(TRICKY), MAX_WORDS + 1)  # truncated to 64 words after CLS
-    assert words("ΟΔΟΣ İ") == ["οδοσ", "i"]  # the C library's simple case mapping, as ONNX Runtime does
+    assert np.array_equal(ids, pad(encode(TRICKY, alphabet)))
+    assert ids.shape == (len(TRICKY), MAX_CHARS + 1)  # truncated to 256 characters after CLS
+    assert list(ids[4]) == [CLS] + [PAD] * MAX_CHARS  # the empty string: CLS alone
+    assert UNK in ids[10] and START not in alphabet  # Cyrillic is not in this alphabet
+    assert chars("ΟΔΟΣ İ") == list("οδοσ i")  # the C library's simple case mapping, as ONNX Runtime does
+    assert chars("e\u0301😀") == ["e", "\u0301", "😀"]  # code points, not graphemes
+
+
+def test_the_graph_cuts_long_strings_before_splitting_them():
+    """Only the first 257 code points are split, so a batch with one 16 MB string costs little."""
+    session = ort.InferenceSession(tokenizer_graph(["a", "d", "e", "h", "n", "r", "u", " "]).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    batch = np.array(["Der Hund " * 1_800_000] + ["a"] * 255, dtype=object)
+    ids = session.run(None, {"text": batch})[0]
+    assert ids.shape == (256, MAX_CHARS + 1) and np.array_equal(ids[:1], pad(encode(batch[:1], ["a", "d", "e", "h",
+                                                                                                 "n", "r", "u", " "])))
+
+
+def test_hashed_ngrams_mark_padding_and_stay_in_their_table():
+    import torch
+
+    from training.architectures.text_transformer import ngram_ids
+
+    ids = torch.tensor([[CLS, 5, 6, 7, 8], [CLS, 5, 6, PAD, PAD]])
+    for n in (2, 3, 4, 5):
+        grams = ngram_ids(ids, n, 101)
+        assert (grams[:, :n - 1] == 0).all() and (grams[0, n - 1:] > 0).all() and (grams < 101).all()
+        assert (grams[1, 3:] == 0).all()  # an n-gram that reaches into the padding is padding
+    assert torch.equal(ngram_ids(ids[:1, :3], 2, 101), ngram_ids(ids[:1], 2, 101)[:, :3])  # padding after: same
 
 
 def test_the_exported_text_model_matches_torch_and_ignores_batch_and_padding(tiny_run):
     from training.textexport import export_text_run
     from training.textfit import load_text_run, predict
 
-    graph, record, onnx_metrics, vocab, resolved = export_text_run(tiny_run)
+    graph, record, onnx_metrics, alphabet, resolved = export_text_run(tiny_run)
     assert record["tokenizer_ids_equal"] and record["max_abs_diff"] <= 1e-5
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     _, _, _, model = load_text_run(tiny_run)
@@ -89,7 +116,7 @@ def test_the_exported_text_model_matches_torch_and_ignores_batch_and_padding(tin
     together = session.run(None, {"text": np.array(texts, dtype=object)})[0]
     alone = np.concatenate([session.run(None, {"text": np.array([t], dtype=object)})[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    np.testing.assert_allclose(together, predict(model, encode(texts, vocab)), atol=1e-5)
+    np.testing.assert_allclose(together, predict(model, encode(texts, alphabet)), atol=1e-5)
     assert np.allclose(together.sum(1), 1, atol=1e-5) and together.shape == (len(texts), 3)
 
 
