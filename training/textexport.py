@@ -24,6 +24,7 @@ from training.export import OPSET, ExportError, without_stack_traces
 from training.textfit import classification_metrics, load_text, load_text_run, predict
 from training.texttokens import MAX_CHARS, MS_DOMAIN, encode, pad, tokenizer_graph
 
+MAX_TEXT_BYTES = 4096  # a longer string is refused by the service (the graph itself reads the first MAX_CHARS)
 ATOL = 1e-5
 PARITY_TEXTS = ["Hello world, how are you?", "Ça va très bien, merci beaucoup!", "Привет, как дела?",
                 "日本語のテキスト 中文 한국어", "emoji 😀🎉 👍🏽 here", "", "   ", "ΟΔΟΣ İstanbul STRASSE",
@@ -124,7 +125,7 @@ def build_text_metadata(run_dir: Path, name: str, version: int, record: dict, on
     return {
         "schema_version": artifact.SCHEMA_VERSION, "name": name, "version": version,
         "architecture": resolved["arch"], "task": "multiclass",
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1], "max_bytes": MAX_TEXT_BYTES}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
         "labels": labels,
         "task_params": {"max_chars": MAX_CHARS, "alphabet_size": len(alphabet), "tokenizer": "characters",
@@ -140,7 +141,8 @@ def build_text_metadata(run_dir: Path, name: str, version: int, record: dict, on
                       f"look each character up in an alphabet of {len(alphabet)} (LabelEncoder; the start "
                       "character: CLS; others: unknown)",
                       f"hash the character 2-{network['ngram_max']}-grams, pad and mask inside the network"],
-            "input_shapes": {"text": f"a UTF-8 sentence; characters after the first {MAX_CHARS} are ignored"},
+            "input_shapes": {"text": f"a UTF-8 sentence of at most {MAX_TEXT_BYTES} bytes (the service's limit); "
+                                     f"characters after the first {MAX_CHARS} are ignored"},
             "output": "class probabilities in the order of `labels`"},
         "training": {
             "dataset": summary.dataset, "dataset_source": summary.dataset_source,

@@ -81,9 +81,13 @@ def test_invalid_utf8_is_a_clear_4xx(text_server):
     assert b"UTF-8" in body or b"utf-8" in body
 
 
-def test_a_1mb_string_and_a_100000_element_batch_leave_the_server_healthy(text_server):
+def test_a_1mb_string_and_a_100000_element_batch_are_refused_and_the_server_stays_healthy(text_server):
     status, body = text_server.json("POST", f"/v2/models/{MODEL}/infer", {"inputs": [
         {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Der hund " * 110_000]}]})
+    assert status == 400 and "input 'text': element 0 holds 990000 bytes; the model takes at most 4096 bytes" in \
+        body["error"], body
+    status, body = text_server.json("POST", f"/v2/models/{MODEL}/infer", {"inputs": [
+        {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Der hund " * 455]}]})  # 4095 bytes
     assert status == 200 and np.isclose(sum(body["outputs"][0]["data"]), 1, atol=1e-5), body  # the first 256 characters
     status, body = text_server.json("POST", f"/v2/models/{MODEL}/infer", {"inputs": [
         {"name": "text", "shape": [100_000], "datatype": "BYTES", "data": ["a"] * 100_000}]})
