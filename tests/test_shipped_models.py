@@ -60,9 +60,15 @@ def test_shipped_model_takes_any_batch_and_sequence_length(name, version):
         for steps in ((window or 8) - 3, (window or 8) + 7) if sequence else (None,):
             outputs = session.run(None, {t["name"]: _feed(t, batch, steps, rng) for t in meta["inputs"]})
             for spec, value in zip(meta["outputs"], outputs):
-                assert value.shape[0] == batch and np.isfinite(value).all()
+                assert value.shape[0] == batch
+                assert all(isinstance(v, str) for v in value.flat) if spec["datatype"] == "BYTES" else \
+                    np.isfinite(value).all()
                 assert list(value.shape[1:]) == [steps if d == -1 else d for d in spec["shape"][1:]]
     parity = meta["export"]["parity"]
+    if "atol" not in parity:  # a text generator: every text equal, request by request
+        assert {1, 5, 33} <= {c["batch"] for c in parity["checks"]}
+        assert all(c["equal_texts"] == c["batch"] for c in parity["checks"])
+        return
     batches = {c["input_shapes"][0][0] for c in parity["checks"]}
     assert {1, 5, 33} <= batches
     assert all(c["max_scaled_diff"] <= parity["atol"] for c in parity["checks"])
@@ -73,7 +79,7 @@ def test_shipped_model_takes_any_batch_and_sequence_length(name, version):
 
 def test_the_repository_is_small_enough_for_git():
     total = sum(p.stat().st_size for p in SHIPPED_MODELS.rglob("*") if p.is_file())
-    assert total < 5 * 1024 * 1024, f"models/ holds {total / 1e6:.1f} MB"
+    assert total < 8 * 1024 * 1024, f"models/ holds {total / 1e6:.1f} MB"  # 15 models; the writer's LSTM is 1.4 MB
 
 
 @pytest.mark.parametrize("name, version", SHIPPED, ids=[f"{n}/{v}" for n, v in SHIPPED])
@@ -87,6 +93,14 @@ def test_shipped_model_loads_matches_its_config_and_reaches_its_bar(name, versio
         f"{name} was built from a config that has changed since; retrain it with `python -m training zoo`")
 
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    if meta["task"] == "generation" and meta["outputs"][0]["datatype"] == "BYTES":
+        # a text generator: its graph writes text, so its bits per character were measured on the torch model it
+        # equals (the export compared their texts); here it must still write the samples its card shows
+        _writes_its_samples(meta, session)
+        summary = {"task": meta["task"], "metrics": meta["training"]["metrics"],
+                   "baseline": meta["training"]["baseline"], "headline_metric": meta["training"]["headline_metric"]}
+        assert target_met(name, summary), f"{name}: {summary['metrics']} misses the zoo's bar"
+        return
     if config.arch in TEXT_ARCHS:
         metrics = _text_metrics(config, meta, session)
     else:
@@ -130,6 +144,16 @@ def test_shipped_stream_model_streams_as_its_window_model_and_reaches_its_bar(na
     summary = {"task": meta["task"], "metrics": {f"test_{k}": v for k, v in metrics.items()},
                "baseline": meta["training"]["baseline"]}
     assert target_met(name, summary), f"{name}: streamed {headline} {metrics[headline]:.4f} misses the zoo's bar"
+
+
+def _writes_its_samples(meta: dict, session) -> None:
+    samples = meta["samples"]
+    assert len(samples) >= 3 and all(s["text"] for s in samples)
+    written = session.run(None, {"prompt": np.array([s["prompt"] for s in samples], dtype=object),
+                                 "max_new_tokens": np.array([len(s["text"]) for s in samples], dtype=np.int64),
+                                 "temperature": np.array([s["temperature"] for s in samples], dtype=np.float32),
+                                 "seed": np.array([s["seed"] for s in samples], dtype=np.int64)})[0]
+    assert list(written) == [s["text"] for s in samples]
 
 
 def _text_metrics(config, meta: dict, session) -> dict:

@@ -70,12 +70,13 @@ def export_writer_run(run_dir: Path) -> tuple[object, dict, dict, object]:
 
 
 def samples(graph) -> list[dict]:
-    """What the graph writes for SAMPLE_PROMPTS (seed 1, temperature 0.8, 200 characters), for the model card."""
+    """What the graph writes for SAMPLE_PROMPTS (seeds 1, 2, ..., temperature 0.8, 200 characters), for the model
+    card."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    rows = [(p, 200, 0.8, 1) for p in SAMPLE_PROMPTS]
-    return [{"prompt": r[0], "seed": 1, "temperature": 0.8, "text": t}
+    rows = [(p, 200, 0.8, seed) for seed, p in enumerate(SAMPLE_PROMPTS, start=1)]
+    return [{"prompt": r[0], "seed": r[3], "temperature": 0.8, "text": t}
             for r, t in zip(rows, session.run(None, feed(rows))[0])]
 
 
@@ -136,8 +137,8 @@ def build_writer_metadata(run_dir: Path, name: str, version: int, record: dict, 
 
 
 def sample_lines(written: list[dict]) -> list[str]:
-    lines = ["", "## Samples", "", "Seed 1, temperature 0.8, up to 200 characters; the prompt in bold.", ""]
-    return lines + [f"- **{s['prompt'] or '(empty prompt)'}**{s['text']}" for s in written]
+    lines = ["", "## Samples", "", "Temperature 0.8, up to 200 characters; the prompt in bold.", ""]
+    return lines + [f"- seed {s['seed']}: **{s['prompt'] or '(empty prompt)'}**{s['text']}" for s in written]
 
 
 def publish_writer_run(run_dir: Path, name: str, models_dir: Path,
@@ -146,9 +147,11 @@ def publish_writer_run(run_dir: Path, name: str, models_dir: Path,
     import onnx
 
     from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+    from training.textplots import learning_curve_plot
 
     graph, record, resolved, _model = export_writer_run(run_dir)
     written = samples(graph)
+    plot = learning_curve_plot(Path(run_dir))
     metas: dict[int, dict] = {}
 
     def build(version: int) -> dict[str, bytes]:
@@ -156,10 +159,10 @@ def publish_writer_run(run_dir: Path, name: str, models_dir: Path,
         del graph.metadata_props[:]
         onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
         graph.producer_name = "nnserve"
-        files = {artifact.MODEL_FILENAME: graph.SerializeToString()}
+        files = {artifact.MODEL_FILENAME: graph.SerializeToString(), f"plots/{plot.name}": plot.read_bytes()}
         example = [np.array(["The meaning of life is"], dtype=object), np.array([40]),
                    np.array([0.8], dtype=np.float32), np.array([1])]
-        files[CARD_FILENAME] = "\n".join([model_card(meta, [], example).rstrip(), *sample_lines(written), ""]).encode()
+        files[CARD_FILENAME] = "\n".join([model_card(meta, [f"plots/{plot.name}"], example).rstrip(), *sample_lines(written), ""]).encode()
         meta["files"] = artifact.file_entries(files)
         artifact.check_metadata(meta, f"{name} version {version}")
         metas[version] = meta

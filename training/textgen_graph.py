@@ -221,7 +221,8 @@ def _constants(model, context: int) -> dict:
             "seed_modulus": np.int64(MODULUS - 1), "modulus_float": np.float32(MODULUS),
             "cap": np.int64(MAX_NEW_TOKENS), "zero": np.int64(0), "min_temperature": np.float32(MIN_TEMPERATURE),
             "empty": np.array([""], dtype=object), "false": np.array([False]), "true": np.array(True),
-            "ngram_multiplier": np.int64(NGRAM_MULTIPLIER), "ngram_buckets": np.int64(model.config.ngram_buckets),
+            **({"ngram_multiplier": np.int64(NGRAM_MULTIPLIER), "ngram_buckets": np.int64(model.config.ngram_buckets)}
+               if model.config.ngram_orders else {}),  # ONNX Runtime warns of constants that nothing reads
             "context_width": [context], "context_offsets": np.arange(context, dtype=np.int64)[None],
             "history_end": [context], **{f"column{c}": np.int64(c) for c in range(context)},
             **{f"shift_start{j}": [context - j] for j in range(1, context + 1)},

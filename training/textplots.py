@@ -46,3 +46,32 @@ def confusion_text(run_dir: Path) -> str:
         lines += [f"{label:<4}" + "".join(f"{x:>{width}}" for x in row) for label, row in zip(labels, matrix)]
         lines += ["```", ""]
     return "\n".join(lines)
+
+
+def learning_curve_plot(run_dir: Path) -> Path:
+    """plots/bits_per_char.png of a language model's run: bits per character by epoch (metrics.jsonl), with its
+    n-gram baselines on the test split as dashed lines (summary.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    baselines = json.loads((run_dir / "summary.json").read_text())["baseline"]["all"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r["train_bits_per_char"] for r in rows], marker="o", label="LSTM, training (dropout on)")
+    ax.plot(epochs, [r["val_bits_per_char"] for r in rows], marker="o", label="LSTM, validation")
+    for name, value in baselines.items():
+        ax.axhline(value, linestyle="--", linewidth=0.8, color="gray")
+        ax.annotate(name.replace("_kneser_ney", " KN"), (epochs[-1], value), fontsize=7, va="bottom", ha="right")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("bits per character")
+    ax.set_ylim(top=min(3.2, max(r["train_bits_per_char"] for r in rows) + 0.1))
+    ax.legend(fontsize=8)
+    path = run_dir / "plots" / "bits_per_char.png"
+    path.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -12,7 +12,7 @@ from training.runs import Summary
 from training.tasks import get_task, higher_is_better
 
 ZOO = ("digits-mlp", "digits-cnn", "digits-transformer", "breast-cancer-mlp", "diabetes-mlp", "co2-lstm",
-       "sunspots-gru", "sunspots-rnn", "digits-autoencoder", "digits-gan", "fortunes-language")
+       "sunspots-gru", "sunspots-rnn", "digits-autoencoder", "digits-gan", "fortunes-language", "fortunes-writer")
 STREAMED = ("co2-lstm", "sunspots-gru", "sunspots-rnn")  # also published as <name>-stream, their step graphs
 # Quality bars of the zoo on each model's test split (the headline metric, and extra ones where given).
 TARGETS = {
@@ -23,7 +23,8 @@ TARGETS = {
 }
 
 
-AT_LEAST_BASELINE = ("fortunes-writer",)  # the headline must be at least as good as the best classic baseline
+# Zoo models whose bar is a named baseline of their own: the headline must be at least as good as it on the test split
+BASELINE_BARS = {"fortunes-writer": "char_5gram_kneser_ney"}
 
 
 def target_met(name: str, summary) -> bool:
@@ -33,8 +34,8 @@ def target_met(name: str, summary) -> bool:
     metrics = summary["metrics"]
     if get_task(summary["task"]).forecasts:
         return all(metrics["test_mae"] < value for value in summary["baseline"]["all"].values())
-    if name in AT_LEAST_BASELINE:
-        value, baseline = metrics[f"test_{summary['headline_metric']}"], summary["baseline"]["value"]
+    if name in BASELINE_BARS:
+        value, baseline = metrics[f"test_{summary['headline_metric']}"], summary["baseline"]["all"][BASELINE_BARS[name]]
         if not (value >= baseline if higher_is_better(summary["headline_metric"]) else value <= baseline):
             return False
     return all(metrics[f"test_{k}"] >= v for k, v in TARGETS.get(name, {}).items())

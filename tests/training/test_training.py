@@ -96,7 +96,7 @@ def test_the_zoo_uses_the_pairings_the_issue_names():
         "diabetes-mlp": ("mlp", "regression"), "co2-lstm": ("lstm", "forecasting"),
         "sunspots-gru": ("gru", "forecasting"), "sunspots-rnn": ("rnn", "forecasting"),
         "digits-autoencoder": ("autoencoder", "anomaly"), "digits-gan": ("gan", "generation"),
-        "fortunes-language": ("text-transformer", "multiclass")}
+        "fortunes-language": ("text-transformer", "multiclass"), "fortunes-writer": ("char-lstm", "generation")}
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
