@@ -23,6 +23,7 @@ from torch import nn
 
 from training.config import RunConfig, check_fields
 from training.runs import Summary, library_versions
+from training.textfit import batches
 
 GEN_ARCHS = ("char-lstm",)
 PAD, UNK, BOS, EOS = 0, 1, 2, 3  # then one id per character of the vocabulary (FIRST_CHAR on)
@@ -202,18 +203,6 @@ def bits_per_char(model: CharLM, rows: list[list[int]]) -> float:
     return total / count / math.log(2)
 
 
-def batches(rows: list[list[int]], batch: int, generator: torch.Generator):
-    """Shuffled batches of similar lengths: shuffle, sort within windows of 50 batches, shuffle the batches."""
-    order = torch.randperm(len(rows), generator=generator).tolist()
-    window = batch * 50
-    chunks = []
-    for i in range(0, len(order), window):
-        part = sorted(order[i:i + window], key=lambda j: len(rows[j]))
-        chunks += [part[k:k + batch] for k in range(0, len(part), batch)]
-    for k in torch.randperm(len(chunks), generator=generator).tolist():
-        yield chunks[k]
-
-
 def train_epochs(config: RunConfig, model: CharLM, rows: dict, out: Path, log: Callable[[str], None]) -> dict:
     """The epoch loop: Adam, a linear warm-up then cosine decay per step, the best validation bpc kept in best.pt."""
     opt = config.optimizer
@@ -229,7 +218,7 @@ def train_epochs(config: RunConfig, model: CharLM, rows: dict, out: Path, log: C
         for epoch in range(1, config.train.epochs + 1):
             model.train()
             total, count = 0.0, 0
-            for chunk in batches(rows["train"], config.train.batch_size, generator):
+            for chunk in batches(rows["train"], config.train.batch_size, generator):  # similar lengths
                 batch = padded([rows["train"][j] for j in chunk])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # evaluation is in float32
                     logits, _ = model(batch[:, :-1])

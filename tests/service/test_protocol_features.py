@@ -33,8 +33,11 @@ def random_inputs(meta: dict, batch: int, steps: int, rng) -> dict[str, np.ndarr
     feeds = {}
     for spec in meta["inputs"]:
         shape = [batch] + [steps if d == -1 else d for d in spec["shape"][1:]]
-        if spec["datatype"] == "INT64":
-            feeds[spec["name"]] = rng.integers(0, 10, shape).astype(np.int64)
+        if spec["datatype"] == "INT64":  # within the bounds the metadata may declare
+            feeds[spec["name"]] = rng.integers(spec.get("minimum", 0), min(spec.get("maximum", 9), 30) + 1,
+                                               shape).astype(np.int64)
+        elif "maximum" in spec:
+            feeds[spec["name"]] = rng.uniform(spec.get("minimum", 0), min(spec["maximum"], 2), shape).astype(np.float32)
         elif spec["datatype"] == "BYTES":  # sentences of different lengths and scripts
             words = ["der", "Hund", "très", "кот", "日本語", "😀", "día", "ŻÓŁW"]
             feeds[spec["name"]] = np.array([" ".join(rng.choice(words, int(rng.integers(0, steps))))
@@ -64,7 +67,9 @@ def test_tritonclient_output_equals_onnx_runtime_in_process(shipped_server, name
         # in config.pbtxt's shape, as Triton answers: a per-sample scalar is dims [1] (reshape { shape: [] })
         assert got.dtype == expected.dtype and list(got.shape) == [5] + dims[spec["name"]] and got.size == expected.size
         expected = expected.reshape(got.shape)
-        if binary:
+        if spec["datatype"] == "BYTES":  # text: tritonclient gives bytes (str from JSON), ONNX Runtime str
+            assert [x.decode() if isinstance(x, bytes) else x for x in got.flat] == list(expected.flat)
+        elif binary:
             np.testing.assert_array_equal(got, expected)
         else:  # JSON carries float32 as shortest round-trip decimals of the float64 value
             np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
