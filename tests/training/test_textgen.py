@@ -142,3 +142,13 @@ def test_the_network_reads_a_text_in_pieces_as_it_reads_it_whole():
     context = torch.cat([torch.full((1, 4), BOS), ids[:, :3]], 1)[:, -4:]
     rest, _ = model(ids[:, 3:], state, context)
     torch.testing.assert_close(torch.cat([first, rest], 1), whole)
+
+
+def test_the_promotion_gate_reads_bits_per_character_as_lower_is_better():
+    from training.retrain import promotion_problem
+    from training.tasks import higher_is_better
+
+    assert not higher_is_better("bits_per_char")
+    assert promotion_problem("bits_per_char", 2.20, 2.25) is None  # better
+    assert promotion_problem("bits_per_char", 2.26, 2.25) is None  # within 2 %
+    assert "worse than the published 2.2500" in promotion_problem("bits_per_char", 2.40, 2.25)
