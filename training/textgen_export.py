@@ -26,7 +26,7 @@ SAMPLE_PROMPTS = ["", "The meaning of life is", "A computer", "Love is"]
 
 def parity_requests() -> list[dict]:
     """Batches of (prompt, max_new_tokens, temperature, seed) rows that the export compares with torch."""
-    rows = [(p, 60, t, s) for s in (0, 1, 7, 2**62) for p in PARITY_PROMPTS for t in (0.0, 0.8, 1.0)]
+    rows = [(p, 60, t, s) for s in (0, 1) for p in PARITY_PROMPTS for t in (0.0, 0.8, 1.0)]
     return [{"rows": rows[:1]}, {"rows": rows[:5]}, {"rows": rows[:33]},
             {"rows": [("The ", 0, 1.0, 3), ("The ", 1, 1.0, 3), ("The ", 300, 0.5, 2**62)]}]
 
