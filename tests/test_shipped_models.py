@@ -17,7 +17,7 @@ from training.export import predictor_metrics
 from training.prepare import prepare
 from training.stream import STREAM_SUFFIX, stream_predictor
 from training.verify import metric_matches, ort_predictor
-from training.textfit import TEXT_ARCHS
+from training.texttasks import TEXT_ARCHS
 from training.zoo import ZOO, stream_names, target_met
 
 ALL_SHIPPED = [(name, version) for name in artifact.list_models(SHIPPED_MODELS)

@@ -4,7 +4,6 @@ written beside and renamed into place, and refused when its signature differs fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -179,15 +178,12 @@ def publish(exported: Exported, resolved: Resolved, summary: Summary, name: str,
     datatypes and dims, and a table's feature order) differs from the latest published version's raises
     SignatureChanged and publishes nothing, unless `force`, when the changes are logged and it is published.
     """
-    import onnx
-
-    from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+    from training.repository import model_card, publish_graph
 
     plots = sorted((Path(run_dir) / "plots").glob("*.png")) if run_dir else []
-    metas: dict[int, dict] = {}
     model_dir = Path(models_dir) / name
 
-    def build(version: int) -> dict[str, bytes]:
+    def metadata(version: int) -> dict:
         meta = build_metadata(exported, resolved, summary, name, version)
         earlier = [v for v in artifact.list_versions(model_dir) if v < version]  # under the publish lock
         old = published_signature(model_dir / str(earlier[-1])) if earlier else None
@@ -197,17 +193,8 @@ def publish(exported: Exported, resolved: Resolved, summary: Summary, name: str,
         if changes:
             log(f"{name}: publishing version {version} although its signature differs from version {earlier[-1]} "
                 f"(--force): {'; '.join(changes)}")
-        model = exported.model
-        del model.metadata_props[:]
-        onnx.helper.set_model_props(model, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
-        model.producer_name = "nnserve"
-        files = {artifact.MODEL_FILENAME: model.SerializeToString(),
-                 **{f"plots/{p.name}": p.read_bytes() for p in plots}}
-        files[CARD_FILENAME] = model_card(meta, [f"plots/{p.name}" for p in plots], list(exported.plan.example)).encode()
-        meta["files"] = artifact.file_entries(files)
-        artifact.check_metadata(meta, f"{name} version {version}")
-        metas[version] = meta
-        return {**files, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
+        return meta
 
-    return artifact.publish_version(models_dir, name, build,
-                                    lambda version: {TRITON_CONFIG: triton_config(metas[version]).encode()})
+    files = {f"plots/{p.name}": p.read_bytes() for p in plots}
+    return publish_graph(models_dir, name, exported.model, metadata, files,
+                         lambda meta: model_card(meta, [f"plots/{p.name}" for p in plots], list(exported.plan.example)))

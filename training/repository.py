@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from service import artifact
 from service.modelconfig import DATA_TYPES
@@ -225,3 +226,28 @@ def check_repository(repo: Path) -> list[str]:
             elif latest is not None and config.read_text() != triton_config(latest):
                 problems.append(f"{entry.name}/{TRITON_CONFIG}: does not match the latest version's tensors")
     return problems
+
+
+def publish_graph(models_dir: Path, name: str, graph, metadata: Callable[[int], dict], files: dict[str, bytes],
+                  card: Callable[[dict], str]) -> tuple[int, Path]:
+    """Publish `graph` as the next version of `name`: `metadata(version)` (which may refuse the version by
+    raising) is embedded in the graph and written beside it with `files` (the plots) and `card(meta)`, checked, and
+    published atomically with Triton's config.pbtxt for it."""
+    import onnx
+
+    metas: dict[int, dict] = {}
+
+    def build(version: int) -> dict[str, bytes]:
+        meta = metadata(version)
+        del graph.metadata_props[:]
+        onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
+        graph.producer_name = "nnserve"
+        written = {artifact.MODEL_FILENAME: graph.SerializeToString(), **files}
+        written[CARD_FILENAME] = card(meta).encode()
+        meta["files"] = artifact.file_entries(written)
+        artifact.check_metadata(meta, f"{name} version {version}")
+        metas[version] = meta
+        return {**written, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
+
+    return artifact.publish_version(models_dir, name, build,
+                                    lambda version: {TRITON_CONFIG: triton_config(metas[version]).encode()})

@@ -164,30 +164,16 @@ def build_text_metadata(run_dir: Path, name: str, version: int, record: dict, on
 
 def publish_text_run(run_dir: Path, name: str, models_dir: Path, log: Callable[[str], None] = print) -> tuple[int, Path]:
     """Export, verify and publish a text run as the next version of `name` (model card, config.pbtxt, plots)."""
-    import onnx
-
-    from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+    from training.repository import model_card, publish_graph
     from training.textplots import confusion_plot, confusion_text
 
     graph, record, onnx_metrics, alphabet, resolved = export_text_run(run_dir)
     plot = confusion_plot(Path(run_dir))
-    metas: dict[int, dict] = {}
-
-    def build(version: int) -> dict[str, bytes]:
-        meta = build_text_metadata(run_dir, name, version, record, onnx_metrics, alphabet, resolved)
-        del graph.metadata_props[:]
-        onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
-        graph.producer_name = "nnserve"
-        files = {artifact.MODEL_FILENAME: graph.SerializeToString(), f"plots/{plot.name}": plot.read_bytes()}
-        example = np.array(["Der Hund schläft im Garten."], dtype=object)
-        card = model_card(meta, [f"plots/{plot.name}"], [example]) + "\n" + confusion_text(Path(run_dir))
-        files[CARD_FILENAME] = card.encode()
-        meta["files"] = artifact.file_entries(files)
-        artifact.check_metadata(meta, f"{name} version {version}")
-        metas[version] = meta
-        return {**files, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
-
-    version, path = artifact.publish_version(models_dir, name, build,
-                                             lambda v: {TRITON_CONFIG: triton_config(metas[v]).encode()})
+    example = np.array(["Der Hund schläft im Garten."], dtype=object)
+    version, path = publish_graph(
+        models_dir, name, graph,
+        lambda version: build_text_metadata(run_dir, name, version, record, onnx_metrics, alphabet, resolved),
+        {f"plots/{plot.name}": plot.read_bytes()},
+        lambda meta: model_card(meta, [f"plots/{plot.name}"], [example]) + "\n" + confusion_text(Path(run_dir)))
     log(f"   published {name} version {version} at {path} (max |onnx - torch| {record['max_abs_diff']:.1e})")
     return version, path

@@ -27,7 +27,6 @@ from training.config import RunConfig, check_fields
 from training.runs import Summary, library_versions
 from training.texttokens import FIRST_CHAR_ID, MAX_CHARS, build_alphabet, encode, pad
 
-TEXT_ARCHS = ("text-transformer",)
 DATA_KEYS = ("alphabet_min_count",)  # model-table keys that shape the data, not the network
 EVAL_BATCH = 512
 

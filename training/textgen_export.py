@@ -144,31 +144,17 @@ def sample_lines(written: list[dict]) -> list[str]:
 def publish_writer_run(run_dir: Path, name: str, models_dir: Path,
                        log: Callable[[str], None] = print) -> tuple[int, Path]:
     """Export, verify and publish a char-lstm run as the next version of `name` (model card, config.pbtxt)."""
-    import onnx
-
-    from training.repository import CARD_FILENAME, TRITON_CONFIG, model_card, triton_config
+    from training.repository import model_card, publish_graph
     from training.textplots import learning_curve_plot
 
     graph, record, resolved, _model = export_writer_run(run_dir)
     written = samples(graph)
     plot = learning_curve_plot(Path(run_dir))
-    metas: dict[int, dict] = {}
-
-    def build(version: int) -> dict[str, bytes]:
-        meta = build_writer_metadata(run_dir, name, version, record, resolved, written)
-        del graph.metadata_props[:]
-        onnx.helper.set_model_props(graph, {artifact.METADATA_PROP: json.dumps(meta, sort_keys=True)})
-        graph.producer_name = "nnserve"
-        files = {artifact.MODEL_FILENAME: graph.SerializeToString(), f"plots/{plot.name}": plot.read_bytes()}
-        example = [np.array(["The meaning of life is"], dtype=object), np.array([40]),
-                   np.array([0.8], dtype=np.float32), np.array([1])]
-        files[CARD_FILENAME] = "\n".join([model_card(meta, [f"plots/{plot.name}"], example).rstrip(), *sample_lines(written), ""]).encode()
-        meta["files"] = artifact.file_entries(files)
-        artifact.check_metadata(meta, f"{name} version {version}")
-        metas[version] = meta
-        return {**files, artifact.METADATA_FILENAME: artifact.dumps(meta).encode()}
-
-    version, path = artifact.publish_version(models_dir, name, build,
-                                             lambda v: {TRITON_CONFIG: triton_config(metas[v]).encode()})
+    example = [np.array(["The meaning of life is"], dtype=object), np.array([40]), np.array([0.8], dtype=np.float32),
+               np.array([1])]
+    version, path = publish_graph(
+        models_dir, name, graph, lambda version: build_writer_metadata(run_dir, name, version, record, resolved, written),
+        {f"plots/{plot.name}": plot.read_bytes()},
+        lambda meta: "\n".join([model_card(meta, [f"plots/{plot.name}"], example).rstrip(), *sample_lines(written), ""]))
     log(f"   published {name} version {version} at {path} (ONNX and torch wrote the same texts)")
     return version, path

@@ -79,7 +79,7 @@ def generate(model, chars: list[str], prompts: list[str], max_new_tokens: list[i
                 written.append(chars[k - FIRST_CHAR])
                 step, state = model(torch.tensor([[k]]), state, torch.tensor([history]))
                 logits = step[:, -1].numpy()
-                history = (history + [k])[len(history) + 1 - model.context_size:] if model.context_size else []
+                history = (history + [k])[-model.context_size:] if model.context_size else []
             out.append("".join(written))
     return out
 

@@ -26,12 +26,7 @@ def confusion_plot(run_dir: Path) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("test confusion matrix")
-    path = run_dir / "plots" / "confusion.png"
-    path.parent.mkdir(exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, run_dir / "plots" / "confusion.png")
 
 
 def confusion_text(run_dir: Path) -> str:
@@ -69,7 +64,12 @@ def learning_curve_plot(run_dir: Path) -> Path:
     ax.set_ylabel("bits per character")
     ax.set_ylim(top=min(3.2, max(r["train_bits_per_char"] for r in rows) + 0.1))
     ax.legend(fontsize=8)
-    path = run_dir / "plots" / "bits_per_char.png"
+    return _save(fig, run_dir / "plots" / "bits_per_char.png")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
